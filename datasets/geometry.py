@@ -18,7 +18,9 @@ import numpy as np
 ASPECT_POLICIES = ("squash", "letterbox")
 
 
-def fit_matrix(src_hw: tuple[int, int], dst_hw: tuple[int, int], policy: str = "squash") -> np.ndarray:
+def fit_matrix(
+    src_hw: tuple[int, int], dst_hw: tuple[int, int], policy: str = "squash"
+) -> np.ndarray:
     """2x3 affine taking source image coordinates to network-input coordinates."""
     (sh, sw), (dh, dw) = src_hw, dst_hw
     if sh <= 0 or sw <= 0:

@@ -71,19 +71,19 @@ def _as_keypoints(keypoints: Any, num_parts: int) -> np.ndarray:
 
 
 def _present(kp: np.ndarray, map_hw: tuple[int, int], cfg: TargetConfig) -> np.ndarray:
-    """(N, K) bool: keypoint labelled (v >= min_visibility), finite, and inside the map's image."""
+    """(N, K) bool: keypoint labelled (v >= min_visibility) and inside the map's image.
+
+    NaN coordinates compare False and infinities fall outside, so neither is present.
+    """
     h, w = map_hw
-    x, y, v = kp[..., 0], kp[..., 1], kp[..., 2]
-    with np.errstate(invalid="ignore"):
-        return (
-            (v >= cfg.min_visibility)
-            & np.isfinite(x)
-            & np.isfinite(y)
-            & (x >= 0)
-            & (y >= 0)
-            & (x < w * cfg.stride)
-            & (y < h * cfg.stride)
-        )
+    x, y = kp[..., 0], kp[..., 1]
+    return (
+        (kp[..., 2] >= cfg.min_visibility)
+        & (x >= 0)
+        & (y >= 0)
+        & (x < w * cfg.stride)
+        & (y < h * cfg.stride)
+    )
 
 
 def render_heatmaps(
@@ -116,7 +116,10 @@ def render_heatmaps(
 
 
 def render_pafs(
-    keypoints: Any, topology: Topology, map_size: tuple[int, int], cfg: TargetConfig = TargetConfig()
+    keypoints: Any,
+    topology: Topology,
+    map_size: tuple[int, int],
+    cfg: TargetConfig = TargetConfig(),
 ) -> np.ndarray:
     """(2E, H, W) float32 Part Affinity Fields for one sample's (N, K, 3) keypoints."""
     h, w = map_size
@@ -139,44 +142,67 @@ def render_pafs(
     if edge.size == 0:
         return out
     unit = d / length[:, None]
-    wd = cfg.paf_width
-    # bounding box of each limb's band, clipped to the map
-    x0 = np.maximum(np.ceil(np.minimum(a[:, 0], b[:, 0]) - wd), 0).astype(np.int64)
-    x1 = np.minimum(np.floor(np.maximum(a[:, 0], b[:, 0]) + wd), w - 1).astype(np.int64)
-    y0 = np.maximum(np.ceil(np.minimum(a[:, 1], b[:, 1]) - wd), 0).astype(np.int64)
-    y1 = np.minimum(np.floor(np.maximum(a[:, 1], b[:, 1]) + wd), h - 1).astype(np.int64)
-    bw, bh = np.maximum(x1 - x0 + 1, 0), np.maximum(y1 - y0 + 1, 0)
-    sizes = bw * bh
-    total = int(sizes.sum())
+    wd = np.float32(cfg.paf_width)
+    # Candidate pixels: walk each limb along its major axis (the one it spans more of) and take,
+    # at every major coordinate, the few minor coordinates the band can reach there. That is about
+    # 3 pixels per unit of limb length instead of the limb's whole bounding box, and all limbs of
+    # all people are expanded into one flat list, so the number of numpy calls does not grow with
+    # the number of people. The exact rectangle test below decides.
+    x_major = np.abs(d[:, 0]) >= np.abs(d[:, 1])
+    ma, na = np.where(x_major, a[:, 0], a[:, 1]), np.where(x_major, a[:, 1], a[:, 0])
+    mb = np.where(x_major, b[:, 0], b[:, 1])
+    dm, dn = np.where(x_major, d[:, 0], d[:, 1]), np.where(x_major, d[:, 1], d[:, 0])
+    slope = dn / dm  # |slope| <= 1, dm != 0 since the limb has length
+    half = wd * np.sqrt(1 + slope * slope)  # the band's half-extent along the minor axis
+    m_size = np.where(x_major, w, h)
+    m0 = np.maximum(np.ceil(np.minimum(ma, mb) - wd), 0).astype(np.int64)
+    m1 = np.minimum(np.floor(np.maximum(ma, mb) + wd), m_size - 1).astype(np.int64)
+    count = np.maximum(m1 - m0 + 1, 0)
+    total = int(count.sum())
     if total == 0:
         return out
-    # one flat list of (limb, pixel) pairs over all boxes: the work is the boxes' area, and the
-    # number of numpy calls does not grow with the number of people or limbs
-    limb = np.repeat(np.arange(edge.size), sizes)
-    local = np.arange(total) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-    px = x0[limb] + local % bw[limb]
-    py = y0[limb] + local // bw[limb]
-    dx = px.astype(np.float32) - a[limb, 0]
-    dy = py.astype(np.float32) - a[limb, 1]
-    ux, uy = unit[limb, 0], unit[limb, 1]
+    limb = np.repeat(np.arange(edge.size), count)
+    m = m0[limb] + np.arange(total) - np.repeat(np.cumsum(count) - count, count)  # (T,)
+    centre = na[limb] + (m - ma[limb]) * slope[limb]
+    n_minor = int(np.floor(2 * half.max())) + 1
+    minor = np.ceil(centre - half[limb])[:, None] + np.arange(n_minor)  # (T, n_minor)
+    xm = x_major[limb][:, None]
+    px = np.where(xm, m[:, None], minor)
+    py = np.where(xm, minor, m[:, None])
+    dx = px - a[limb, 0][:, None]
+    dy = py - a[limb, 1][:, None]
+    ux, uy = unit[limb, 0][:, None], unit[limb, 1][:, None]
     along = dx * ux + dy * uy
     across = np.abs(dx * uy - dy * ux)
-    inside = (along >= 0) & (along <= length[limb]) & (across <= wd)
-    limb, px, py = limb[inside], px[inside], py[inside]
-    key = (edge[limb] * h + py) * w + px
-    size = topology.num_edges * h * w
-    count = np.bincount(key, minlength=size).astype(np.float32)
-    sx = np.bincount(key, weights=unit[limb, 0], minlength=size).astype(np.float32)
-    sy = np.bincount(key, weights=unit[limb, 1], minlength=size).astype(np.float32)
-    np.maximum(count, 1, out=count)
-    paf = np.asarray(topology.edges_paf, dtype=np.int64)
-    out[paf[:, 0]] = (sx / count).reshape(topology.num_edges, h, w)
-    out[paf[:, 1]] = (sy / count).reshape(topology.num_edges, h, w)
+    inside = (
+        (along >= 0)
+        & (along <= length[limb][:, None])
+        & (across <= wd)
+        & (px >= 0)
+        & (px < w)
+        & (py >= 0)
+        & (py < h)
+    )
+    li = np.broadcast_to(limb[:, None], inside.shape)[inside]
+    pix = py[inside].astype(np.int64) * w + px[inside].astype(np.int64)
+    # average the unit vectors of the limbs (of different objects) covering each pixel
+    hw_ = h * w
+    count = np.zeros(topology.num_edges * hw_, np.float32)
+    key = edge[li] * hw_ + pix
+    np.add.at(count, key, 1.0)
+    share = 1.0 / count[key]
+    paf = np.asarray(topology.edges_paf, dtype=np.int64)[edge[li]]  # (P, 2) channels
+    flat = out.reshape(-1)
+    np.add.at(flat, paf[:, 0] * hw_ + pix, unit[li, 0] * share)
+    np.add.at(flat, paf[:, 1] * hw_ + pix, unit[li, 1] * share)
     return out
 
 
 def render_targets(
-    keypoints: Any, topology: Topology, map_size: tuple[int, int], cfg: TargetConfig = TargetConfig()
+    keypoints: Any,
+    topology: Topology,
+    map_size: tuple[int, int],
+    cfg: TargetConfig = TargetConfig(),
 ) -> tuple[np.ndarray, np.ndarray]:
     """Heatmaps (K, H, W) and PAFs (2E, H, W), float32, for one sample's (N, K, 3) keypoints."""
     return (
@@ -185,8 +211,9 @@ def render_targets(
     )
 
 
-def render_targets_torch(keypoints, topology: Topology, map_size: tuple[int, int],
-                         cfg: TargetConfig = TargetConfig()):
+def render_targets_torch(
+    keypoints, topology: Topology, map_size: tuple[int, int], cfg: TargetConfig = TargetConfig()
+):
     """Batched targets on the keypoints' device.
 
     ``keypoints``: (B, N, K, 3) float tensor, objects padded with v = 0 (see ``pad_keypoints``).
@@ -248,7 +275,9 @@ def render_targets_torch(keypoints, topology: Topology, map_size: tuple[int, int
         along = px * ux4 + py * uy4
         across = (px * uy4 - py * ux4).abs()
         inside = (
-            (along >= 0) & (along <= length[..., None, None]) & (across <= cfg.paf_width)
+            (along >= 0)
+            & (along <= length[..., None, None])
+            & (across <= cfg.paf_width)
             & ok[..., None, None]
         ).float()
         sx += inside * ux4
@@ -267,7 +296,9 @@ def pad_keypoints(samples: Sequence[Any], num_parts: int, min_objects: int = 1):
     """Stack per-sample (N_i, K, 3) keypoints into a (B, max N_i, K, 3) float tensor padded with v=0."""
     import torch
 
-    arrays = [_as_keypoints(s if not hasattr(s, "numpy") else s.numpy(), num_parts) for s in samples]
+    arrays = [
+        _as_keypoints(s if not hasattr(s, "numpy") else s.numpy(), num_parts) for s in samples
+    ]
     n = max([min_objects] + [a.shape[0] for a in arrays])
     out = torch.zeros(len(arrays), n, num_parts, 3)
     for i, a in enumerate(arrays):

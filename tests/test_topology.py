@@ -1,0 +1,120 @@
+"""Topology: coco18 against trt_pose's published links, COCO categories, validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from datasets.topology import Topology, topology_from_config
+
+# trt_pose tasks/human_pose/human_pose.json "skeleton" (1-based), the 21 links the Isaac person
+# decoder configuration uses too.
+TRT_POSE_SKELETON = [
+    [16, 14], [14, 12], [17, 15], [15, 13], [12, 13], [6, 8], [7, 9], [8, 10], [9, 11], [2, 3],
+    [1, 2], [1, 3], [2, 4], [3, 5], [4, 6], [5, 7], [18, 1], [18, 6], [18, 7], [18, 12], [18, 13],
+]  # fmt: skip
+COCO_KEYPOINTS = [
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip",
+    "left_knee", "right_knee", "left_ankle", "right_ankle",
+]  # fmt: skip
+COCO_SKELETON = [
+    [16, 14], [14, 12], [17, 15], [15, 13], [12, 13], [6, 12], [7, 13], [6, 7], [6, 8], [7, 9],
+    [8, 10], [9, 11], [2, 3], [1, 2], [1, 3], [2, 4], [3, 5], [4, 6], [5, 7],
+]  # fmt: skip
+
+
+def test_coco18_matches_trt_pose_links():
+    t = Topology.named("coco18")
+    assert t.num_parts == 18 and t.num_edges == 21
+    assert list(t.labels[:17]) == COCO_KEYPOINTS and t.labels[17] == "neck"
+    assert [[a + 1, b + 1] for a, b in t.edges] == TRT_POSE_SKELETON
+    # trt_pose gives link i the PAF channels 2i (x) and 2i+1 (y)
+    assert t.edges_paf == tuple((2 * i, 2 * i + 1) for i in range(21))
+
+
+def test_coco18_is_coco_skeleton_minus_cross_links_plus_neck():
+    t = Topology.named("coco18")
+    edges = {tuple(e) for e in t.to_coco_category()["skeleton"]}
+    cross = {(6, 12), (7, 13), (6, 7)}  # shoulder-hip (both sides) and shoulder-shoulder
+    assert (
+        edges - {(18, 1), (18, 6), (18, 7), (18, 12), (18, 13)}
+        == {tuple(e) for e in COCO_SKELETON} - cross
+    )
+
+
+def test_coco18_flip_pairs_swap_left_and_right():
+    t = Topology.named("coco18")
+    perm = t.flip_permutation()
+    for i, name in enumerate(t.labels):
+        flipped = t.labels[perm[i]]
+        if name.startswith("left_"):
+            assert flipped == "right_" + name[5:]
+        elif name.startswith("right_"):
+            assert flipped == "left_" + name[6:]
+        else:
+            assert flipped == name
+
+
+def test_topology_from_coco_category_arm():
+    # the reference document's example: labels Wrist, Elbow and the single edge Elbow -> Wrist
+    cat = {"id": 3, "name": "arm", "keypoints": ["Wrist", "Elbow"], "skeleton": [[2, 1]]}
+    t = Topology.from_coco_category(cat)
+    assert t.labels == ("Wrist", "Elbow")
+    assert t.edges == ((1, 0),)
+    assert t.edges_paf == ((0, 1),)
+    assert t.flip_pairs == ()
+    assert t.meta["category_id"] == 3
+    assert Topology.from_dict(t.to_dict()) == t
+    assert t.to_coco_category(category_id=3)["skeleton"] == [[2, 1]]
+
+
+def test_topology_from_coco_person_category_finds_flip_pairs():
+    cat = {"id": 1, "name": "person", "keypoints": COCO_KEYPOINTS, "skeleton": COCO_SKELETON}
+    t = Topology.from_coco_category(cat)
+    assert t.num_edges == 19
+    assert set(t.flip_pairs) == {
+        (1, 2),
+        (3, 4),
+        (5, 6),
+        (7, 8),
+        (9, 10),
+        (11, 12),
+        (13, 14),
+        (15, 16),
+    }
+
+
+def test_round_trip_plain_data_and_config():
+    t = Topology.named("coco18")
+    d = t.to_dict()
+    assert Topology.from_dict(d) == t
+    assert topology_from_config({"name": "coco18"}) == t
+    assert topology_from_config(d) == t
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"labels": ["a", "b"], "edges": [[0, 2]]}, "outside labels"),
+        ({"labels": ["a", "b"], "edges": [[1, 1]]}, "self-loop"),
+        ({"labels": ["a", "a"], "edges": []}, "duplicate labels"),
+        ({"labels": ["a", "b"], "edges": [[0, 1]], "edges_paf": [[0, 0]]}, "exactly once"),
+        ({"labels": ["a", "b"], "edges": [[0, 1]], "edges_paf": [[0, 1], [2, 3]]}, "edges_paf"),
+        ({"labels": ["a", "b"], "edges": [], "flip_pairs": [[0, 0]]}, "flip pair"),
+        ({"labels": [], "edges": []}, "no labels"),
+    ],
+)
+def test_bad_topologies_name_the_problem(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Topology.from_dict(kwargs)
+
+
+def test_bad_coco_category_names_the_link():
+    cat = {"id": 1, "name": "arm", "keypoints": ["Wrist", "Elbow"], "skeleton": [[0, 1]]}
+    with pytest.raises(ValueError, match=r"skeleton\[0\]"):
+        Topology.from_coco_category(cat)
+
+
+def test_unknown_named_topology_lists_available():
+    with pytest.raises(FileNotFoundError, match="coco18"):
+        Topology.named("no_such_topology")
