@@ -1,0 +1,105 @@
+"""python -m export ckpt=PATH [layout=nhwc|nchw] [dynamic_batch=true] [opset=17] [output=PATH]
+
+Rebuilds the model from the config stored in the checkpoint (pretrained download off), writes
+ONNX with Isaac's tensor names and the model's metadata, runs onnx.checker and an ONNX Runtime
+parity check against torch on real images (fails with a non-zero exit when any output differs by
+more than ``parity.atol``), and writes the decoder config beside the model. ``int8=true`` also
+writes a statically quantised ``<name>.int8.onnx`` for CPU inference (``export.quantize``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from export.onnx import (
+    ParityError,
+    check_onnx,
+    decoder_config,
+    decoder_params,
+    export_onnx,
+    parity_check,
+    parity_inputs,
+    resolve_path,
+    write_json,
+)
+from inference.runtime import ModelInfo
+
+log = logging.getLogger("export")
+
+
+def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Export ``cfg.ckpt`` to ONNX; returns the written paths and the parity differences."""
+    from models import build_from_checkpoint
+
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    ckpt = resolve_path(cfg.get("ckpt"))
+    if ckpt is None:
+        raise ValueError("give the checkpoint: python -m export ckpt=path/to/epoch_N.pth")
+    output = resolve_path(cfg.get("output")) or ckpt.with_suffix(".onnx")
+    model, config = build_from_checkpoint(ckpt)
+    # the export config's decoder parameters (overridable on the command line) win over any
+    # the training config carried; the max-pool kernel is baked into the graph
+    dec = {**decoder_params(config.get("decoder")), **decoder_params(cfg.get("decoder"))}
+    dec.setdefault("maxpool_kernel", 3)
+    info = ModelInfo.from_checkpoint_config(config, stride=model.stride, decoder=dec)
+    info = dataclasses.replace(info, layout=str(cfg.get("layout", "nhwc")))
+
+    export_onnx(
+        model,
+        info,
+        output,
+        dynamic_batch=bool(cfg.get("dynamic_batch", True)),
+        opset=int(cfg.get("opset", 17)),
+    )
+    check_onnx(output)
+    parity_cfg = cfg.get("parity") or {}
+    folders = [resolve_path(p) for p in parity_cfg.get("images") or []]
+    images, source = parity_inputs(info, folders, int(parity_cfg.get("count", 4)))
+    atol = float(parity_cfg.get("atol", 1e-4))
+    diffs = parity_check(output, model, info, images, atol=atol)
+    print(f"wrote {output}")
+    print(f"onnx.checker: ok; parity vs torch on {source} (atol {atol:g}):")
+    for name, d in diffs.items():
+        print(f"  {name:22s} max abs diff {d:.2e}")
+    dec_path = resolve_path(cfg.get("decoder_config")) or output.with_name(
+        output.stem + ".decoder.json"
+    )
+    write_json(dec_path, decoder_config(info))
+    print(f"wrote {dec_path}")
+    result: dict[str, Any] = {
+        "onnx": output,
+        "decoder_config": dec_path,
+        "parity": diffs,
+        "info": info,
+    }
+    if cfg.get("int8"):
+        from export.quantize import quantize_int8
+
+        q_cfg = cfg.get("quantize") or {}
+        q_folders = [resolve_path(p) for p in q_cfg.get("images") or parity_cfg.get("images") or []]
+        q_out = output.with_name(output.stem + ".int8.onnx")
+        quantize_int8(output, q_out, q_folders, count=int(q_cfg.get("count", 32)))
+        print(f"wrote {q_out}")
+        result["int8"] = q_out
+    return result
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except ParityError as e:
+        print(f"PARITY CHECK FAILED: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
