@@ -1,0 +1,680 @@
+"""The training loop as plain functions: ``run`` -> ``train_one_epoch`` / ``evaluate``.
+
+``run(cfg)`` is what ``python -m train`` (and every rank under torchrun) calls; tests call it
+directly. One process per device; with ``WORLD_SIZE`` > 1 the model is wrapped in DDP, each rank
+reads its shard of every epoch through a DistributedSampler, and only rank 0 writes the run
+directory (checkpoints, TensorBoard, summary).
+
+Run directory (``out_dir``, default ``runs/<name>``): a fixed path, the same on every rank and for
+every launch of the same command, so ``resume=auto`` continues where a killed run stopped. It holds
+``last.pth`` (every epoch), ``epoch_<N>.pth`` (every ``ckpt_every`` epochs and the last one; N is
+the 0-based epoch index), ``config.yaml``, ``tb/`` and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm import tqdm
+
+from datasets.targets import TargetConfig, render_targets_torch
+from datasets.topology import Topology, topology_from_config
+from models import build_model
+from train import distributed as du
+from train.checkpoint import checkpoint_meta, load_checkpoint, save_checkpoint, unwrap_model
+from train.setup import seed_everything, setup_process
+
+log = logging.getLogger("train")
+
+
+# --------------------------------------------------------------------------- small pieces
+def masked_mse(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, name: str
+) -> torch.Tensor:
+    """Mean of ``mask * (pred - target)^2`` over all elements (trt_pose's loss).
+
+    pred/target: (B, C, h, w); mask: (B, h, w) loss weights, broadcast over channels.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(
+            f"{name}: model output {tuple(pred.shape)} and target {tuple(target.shape)} differ; "
+            "check targets.stride against model.stride and data.input_size"
+        )
+    if mask.shape != (pred.shape[0], *pred.shape[2:]):
+        raise ValueError(f"mask {tuple(mask.shape)} does not fit {name} {tuple(pred.shape)}")
+    return (mask[:, None] * (pred.float() - target.float()).square()).mean()
+
+
+def resolve_amp(amp: Any, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: ``auto`` = bf16 on CUDA when supported, else fp16; off on CPU.
+
+    ``off``/false/null disables; ``bf16``/``fp16`` force one (fp16 needs CUDA).
+    """
+    if amp in (None, False, "off", "false", "none", "fp32"):
+        return None
+    if amp in ("auto", True, "true"):
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise ValueError("amp=fp16 needs CUDA; use amp=bf16 or amp=off on CPU")
+        return torch.float16
+    raise ValueError(f"amp must be auto, off, bf16 or fp16; got {amp!r}")
+
+
+def build_optimizer(
+    params: Iterable[nn.Parameter], cfg: Mapping[str, Any]
+) -> torch.optim.Optimizer:
+    """Adam (trt_pose's), AdamW or SGD from ``cfg.optimizer``."""
+    name = str(cfg.get("name", "adam")).lower()
+    lr, wd = float(cfg.get("lr", 1e-3)), float(cfg.get("weight_decay", 0.0))
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    if name == "sgd":
+        return torch.optim.SGD(
+            params, lr=lr, momentum=float(cfg.get("momentum", 0.9)), weight_decay=wd
+        )
+    raise ValueError(f"optimizer.name must be adam, adamw or sgd; got {name!r}")
+
+
+def build_scheduler(opt: torch.optim.Optimizer, cfg: Mapping[str, Any], epochs: int) -> Any:
+    """Per-epoch LR schedule: ``multistep`` (milestones, gamma), ``cosine`` or ``constant``."""
+    name = str(cfg.get("name", "multistep")).lower()
+    if name == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(
+            opt,
+            milestones=[int(m) for m in cfg.get("milestones", [])],
+            gamma=float(cfg.get("gamma", 0.1)),
+        )
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
+    if name == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    raise ValueError(f"scheduler.name must be multistep, cosine or constant; got {name!r}")
+
+
+def _as_plain(cfg: Any) -> dict[str, Any]:
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    return json.loads(json.dumps(cfg))  # deep copy, and proof that it is plain data
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- data
+def build_datasets(
+    cfg: Mapping[str, Any], topology: Topology, dist: du.DistInfo
+) -> tuple[Dataset, Dataset | None]:
+    """Train and val datasets from ``cfg.data`` (the synthetic set is generated by rank 0 first)."""
+    from datasets import coco
+
+    data = cfg["data"]
+    if data.get("name") == "synthetic":
+        from datasets import synthetic
+
+        if dist.is_main:
+            synthetic.ensure(data)
+        du.barrier()
+    train_set = coco.build_dataset(cfg, "train", topology)
+    val_set = coco.build_dataset(cfg, "val", topology) if data.get("val_annotations") else None
+    return train_set, val_set
+
+
+def _collate():
+    from datasets.coco import collate
+
+    return collate
+
+
+def make_loader(
+    dataset: Dataset, cfg: Mapping[str, Any], dist: du.DistInfo, train: bool, collate_fn: Any = None
+) -> DataLoader:
+    """DataLoader over this rank's shard: DistributedSampler (also for one process, so a run's
+    global batches are the same whatever the world size), workers with prefetch."""
+    data = cfg["data"]
+    sampler = DistributedSampler(
+        dataset,
+        num_replicas=dist.world_size,
+        rank=dist.rank,
+        shuffle=train and bool(data.get("shuffle", True)),
+        seed=int(cfg.get("seed", 0)),
+        drop_last=train,
+    )
+    workers = int(data.get("num_workers", 2))
+    return DataLoader(
+        dataset,
+        batch_size=int(data.get("batch_size", 8)),
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_fn or _collate(),
+        pin_memory=dist.device.type == "cuda",
+        drop_last=train,
+        # fresh workers each epoch: their seeds follow the per-epoch seed, so a resumed run sees
+        # the augmentations an uninterrupted one would have
+        persistent_workers=False,
+        prefetch_factor=int(data.get("prefetch_factor", 4)) if workers > 0 else None,
+    )
+
+
+# --------------------------------------------------------------------------- one epoch
+@dataclass
+class Context:
+    """What the epoch functions share (built once by ``run``)."""
+
+    cfg: dict[str, Any]
+    dist: du.DistInfo
+    topology: Topology
+    targets: TargetConfig
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    writer: Any = None  # SummaryWriter on rank 0
+    decoder: Any = None
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def device(self) -> torch.device:
+        return self.dist.device
+
+
+def batch_to_device(
+    batch: Mapping[str, Any], ctx: Context, map_hw: tuple[int, int]
+) -> tuple[torch.Tensor, ...]:
+    """images (B, 3, H, W), heatmap (B, K, h, w), paf (B, 2E, h, w), mask (B, h, w) on the device.
+
+    Targets come from the batch, or with ``data.targets_on_device`` are rendered here from the
+    padded keypoints (B, N, K, 3) with ``render_targets_torch``.
+    """
+    dev = ctx.device
+    nb = dev.type == "cuda"
+    images = batch["image"].to(dev, non_blocking=nb)
+    if ctx.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    if "heatmap" in batch and "paf" in batch:
+        heat = batch["heatmap"].to(dev, non_blocking=nb)
+        paf = batch["paf"].to(dev, non_blocking=nb)
+    else:
+        heat, paf = render_targets_torch(
+            batch["keypoints"].to(dev, non_blocking=nb), ctx.topology, map_hw, ctx.targets
+        )
+    if "mask" in batch:
+        mask = batch["mask"].to(dev, non_blocking=nb)
+    else:
+        mask = torch.ones(images.shape[0], *map_hw, device=dev)
+    return images, heat, paf, mask
+
+
+def compute_loss(
+    model: nn.Module,
+    images: torch.Tensor,
+    heat_t: torch.Tensor,
+    paf_t: torch.Tensor,
+    mask: torch.Tensor,
+    ctx: Context,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """Forward under autocast; returns (total, heatmap term, PAF term, (heatmap, paf) outputs)."""
+    amp = (
+        torch.autocast(ctx.device.type, dtype=ctx.amp_dtype)
+        if ctx.amp_dtype is not None
+        else nullcontext()
+    )
+    with amp:
+        heat, paf = model(images)  # (B, K, h, w), (B, 2E, h, w)
+    lcfg = ctx.cfg.get("loss") or {}
+    l_heat = masked_mse(heat, heat_t, mask, "heatmap")
+    l_paf = masked_mse(paf, paf_t, mask, "paf")
+    total = (
+        float(lcfg.get("heatmap_weight", 1.0)) * l_heat + float(lcfg.get("paf_weight", 1.0)) * l_paf
+    )
+    return total, l_heat, l_paf, (heat, paf)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    epoch: int,
+    ctx: Context,
+) -> dict[str, float]:
+    """One pass over this rank's shard; returns epoch means (averaged over ranks)."""
+    cfg = ctx.cfg
+    model.train()
+    accum = max(int(cfg.get("grad_accum", 1)), 1)
+    limit = cfg.get("steps_per_epoch")
+    n_batches = len(loader) if not limit else min(len(loader), int(limit) * accum)
+    n_batches -= n_batches % accum  # whole optimizer steps only
+    if n_batches == 0:
+        raise ValueError(
+            f"no full batch in epoch {epoch}: {len(loader.dataset)} samples, batch_size "
+            f"{loader.batch_size} x grad_accum {accum} x world {ctx.dist.world_size}"
+        )
+    input_hw = tuple(cfg["data"]["input_size"])
+    stride = unwrap_model(model).stride
+    map_hw = (input_hw[0] // stride, input_hw[1] // stride)
+    log_every, image_every = int(cfg.get("log_every", 20)), int(cfg.get("image_every", 0) or 0)
+
+    sums = torch.zeros(4, device=ctx.device, dtype=torch.float64)  # loss, heat, paf, batches
+    win_loss = torch.zeros(3, device=ctx.device, dtype=torch.float64)
+    win_n, win_images, win_wait = 0, 0, 0.0
+    win_start = time.perf_counter()
+    bar = tqdm(
+        total=n_batches // accum,
+        desc=f"epoch {epoch}",
+        disable=not ctx.dist.is_main,
+        dynamic_ncols=True,
+        leave=False,
+    )
+    it = iter(loader)
+    optimizer.zero_grad(set_to_none=True)
+    for i in range(n_batches):
+        t0 = time.perf_counter()
+        batch = next(it)
+        win_wait += time.perf_counter() - t0
+        images, heat_t, paf_t, mask = batch_to_device(batch, ctx, map_hw)
+        last_micro = (i + 1) % accum == 0
+        # DDP: all-reduce gradients only on the micro-batch that ends an optimizer step
+        sync = model.no_sync() if (ctx.dist.distributed and not last_micro) else nullcontext()
+        with sync:
+            loss, l_heat, l_paf, outputs = compute_loss(model, images, heat_t, paf_t, mask, ctx)
+            scaler.scale(loss / accum).backward()
+        win_loss += torch.stack([loss.detach(), l_heat.detach(), l_paf.detach()]).double()
+        win_n += 1
+        win_images += images.shape[0]
+        if not last_micro:
+            continue
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        ctx.step += 1
+        bar.update(1)
+        if ctx.step % log_every == 0 or i + 1 == n_batches:
+            # one all-reduce per log window, not per step: keeps logging off the critical path
+            red = du.all_reduce_sum(torch.cat([win_loss, win_loss.new_tensor([win_n])]))
+            sums += red
+            mean = (red[:3] / red[3]).tolist()
+            dt = time.perf_counter() - win_start
+            row = {
+                "step": ctx.step,
+                "epoch": epoch,
+                "loss": mean[0],
+                "loss_heatmap": mean[1],
+                "loss_paf": mean[2],
+                "lr": optimizer.param_groups[0]["lr"],
+                "images_per_s": win_images * ctx.dist.world_size / max(dt, 1e-9),
+                "data_wait": win_wait / max(dt, 1e-9),
+            }
+            if not math.isfinite(row["loss"]):
+                raise FloatingPointError(
+                    f"training loss is {row['loss']} at step {ctx.step} (epoch {epoch})"
+                )
+            ctx.history.append(row)
+            bar.set_postfix(
+                loss=f"{row['loss']:.3g}", ips=f"{row['images_per_s']:.1f}", refresh=False
+            )
+            if ctx.writer is not None:
+                for key in ("loss", "loss_heatmap", "loss_paf", "lr", "images_per_s", "data_wait"):
+                    ctx.writer.add_scalar(f"train/{key}", row[key], ctx.step)
+            win_loss.zero_()
+            win_n, win_images, win_wait = 0, 0, 0.0
+            win_start = time.perf_counter()
+        if ctx.writer is not None and image_every and ctx.step % image_every == 0:
+            log_images(ctx, "train", images[0], outputs, heat_t[0])
+    bar.close()
+    del it  # stop this epoch's workers now
+    total = sums[:3] / sums[3].clamp_min(1)
+    return {"loss": float(total[0]), "loss_heatmap": float(total[1]), "loss_paf": float(total[2])}
+
+
+def log_images(
+    ctx: Context,
+    tag: str,
+    image: torch.Tensor,
+    outputs: tuple[torch.Tensor, torch.Tensor],
+    target_heat: torch.Tensor | None,
+) -> None:
+    """One panel (targets, predictions, decoded skeletons) for the first sample of a batch."""
+    from train.visual import prediction_panel
+
+    heat = outputs[0][0].detach().float().cpu().numpy()  # (K, h, w)
+    paf = outputs[1][0].detach().float().cpu().numpy()  # (2E, h, w)
+    skeletons = None
+    if ctx.decoder is not None:
+        skeletons = ctx.decoder(heat, paf, output_scale=list(image.shape[-2:]))
+    tgt = None if target_heat is None else target_heat.detach().float().cpu().numpy()
+    panel = prediction_panel(image, heat, paf, ctx.topology, skeletons, tgt)
+    ctx.writer.add_image(f"{tag}/prediction", panel, ctx.step, dataformats="HWC")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, ctx: Context, epoch: int) -> dict[str, float]:
+    """Validation loss over this rank's shard (averaged over ranks) and, when the decoder is
+    available and ``val_ap`` is on, COCO keypoint AP of the decoded predictions (rank 0)."""
+    cfg = ctx.cfg
+    model.eval()
+    input_hw = tuple(cfg["data"]["input_size"])
+    stride = unwrap_model(model).stride
+    map_hw = (input_hw[0] // stride, input_hw[1] // stride)
+    limit = cfg.get("val_steps")
+    sums = torch.zeros(4, device=ctx.device, dtype=torch.float64)
+    results: list[dict[str, Any]] = []
+    want_ap = bool(cfg.get("val_ap", True)) and ctx.decoder is not None
+    first = None
+    for i, batch in enumerate(
+        tqdm(loader, desc="val", disable=not ctx.dist.is_main, leave=False, dynamic_ncols=True)
+    ):
+        if limit and i >= int(limit):
+            break
+        images, heat_t, paf_t, mask = batch_to_device(batch, ctx, map_hw)
+        loss, l_heat, l_paf, (heat, paf) = compute_loss(model, images, heat_t, paf_t, mask, ctx)
+        n = images.shape[0]
+        sums += torch.stack([loss * n, l_heat * n, l_paf * n, loss.new_tensor(float(n))]).double()
+        if first is None:
+            first = (images[0], (heat[:1], paf[:1]), heat_t[0])
+        if want_ap:
+            results += _decode_to_coco(heat, paf, batch, input_hw, ctx)
+    sums = du.all_reduce_sum(sums)
+    out = {
+        "val_loss": float(sums[0] / sums[3].clamp_min(1)),
+        "val_loss_heatmap": float(sums[1] / sums[3].clamp_min(1)),
+        "val_loss_paf": float(sums[2] / sums[3].clamp_min(1)),
+    }
+    if want_ap:
+        gathered = du.all_gather_objects(results)
+        if ctx.dist.is_main:
+            out.update(_coco_ap([r for part in gathered for r in part], cfg))
+    if ctx.writer is not None:
+        for k, v in out.items():
+            ctx.writer.add_scalar(f"val/{k}", v, ctx.step)
+        if first is not None and cfg.get("image_every"):
+            log_images(ctx, "val", first[0], first[1], first[2])
+    return out
+
+
+def _decode_to_coco(
+    heat: torch.Tensor,
+    paf: torch.Tensor,
+    batch: Mapping[str, Any],
+    input_hw: tuple[int, int],
+    ctx: Context,
+) -> list[dict]:
+    """Decode a batch and map skeletons from input pixels back to original-image pixels."""
+    from datasets.geometry import apply, invert
+    from inference.cocoeval import skeletons_to_coco
+
+    heat_np = heat.float().cpu().numpy()
+    paf_np = paf.float().cpu().numpy()
+    out = []
+    for b in range(heat_np.shape[0]):
+        skels = ctx.decoder(heat_np[b], paf_np[b], output_scale=list(input_hw))
+        back = invert(batch["matrix"][b].numpy())
+        for s in skels:
+            kp = s.keypoints.copy()
+            kp[:, :2] = apply(back, kp[:, :2])
+            s.keypoints = kp
+        out += skeletons_to_coco(
+            skels, int(batch["image_id"][b]), ctx.topology, ctx.cfg["_val_category"]
+        )
+    return out
+
+
+def _coco_ap(results: list[dict], cfg: Mapping[str, Any]) -> dict[str, float]:
+    """COCO keypoint AP/AR of ``results`` against ``data.val_annotations``."""
+    from inference.cocoeval import evaluate as coco_evaluate
+
+    if not results:
+        log.info("val AP: no detections")
+        return {"val_ap": 0.0, "val_ap50": 0.0, "val_ar": 0.0}
+    gt = _cached_coco(str(cfg["data"]["val_annotations"]))
+    stats = coco_evaluate(gt, results)
+    return {"val_ap": float(stats[0]), "val_ap50": float(stats[1]), "val_ar": float(stats[5])}
+
+
+_COCO_CACHE: dict[str, Any] = {}
+
+
+def _cached_coco(path: str) -> Any:
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+
+    if path not in _COCO_CACHE:
+        with contextlib.redirect_stdout(io.StringIO()):
+            _COCO_CACHE[path] = COCO(path)
+    return _COCO_CACHE[path]
+
+
+# --------------------------------------------------------------------------- run
+def resolve_resume(resume: Any, out_dir: Path) -> Path | None:
+    """``auto``: out_dir/last.pth if it exists; null/false: none (refuse to overwrite a run);
+    a path: that checkpoint."""
+    last = out_dir / "last.pth"
+    if resume in (None, False, "null", "none", ""):
+        if last.exists():
+            raise FileExistsError(
+                f"{out_dir} already holds a run ({last.name}); continue it with resume=auto, or "
+                "pick a new out_dir=... / name=..."
+            )
+        return None
+    if resume == "auto":
+        return last if last.exists() else None
+    path = Path(str(resume)).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"resume={resume}: no such checkpoint")
+    return path
+
+
+def run(
+    cfg: Any,
+    out_dir: str | Path | None = None,
+    train_set: Dataset | None = None,
+    val_set: Dataset | None = None,
+    collate_fn: Any = None,
+) -> dict[str, Any]:
+    """Train per ``cfg`` (a DictConfig or the same as plain dicts); returns the run summary.
+
+    ``train_set``/``val_set``/``collate_fn`` replace the datasets the ``data`` config would build
+    (tests and benchmarks); batches are dicts as ``datasets.coco.collate`` makes them.
+    """
+    cfg = _as_plain(cfg)
+    dist = du.init_distributed(str(cfg.get("device", "auto")))
+    try:
+        return _run(cfg, dist, out_dir, train_set, val_set, collate_fn)
+    finally:
+        du.cleanup()
+
+
+def _run(cfg, dist, out_dir, train_set, val_set, collate_fn) -> dict[str, Any]:
+    setup_process(dist.rank, dist.device, cfg.get("threads"), bool(cfg.get("deterministic", False)))
+    out = Path(out_dir or cfg.get("out_dir") or f"runs/{cfg.get('name', 'train')}").expanduser()
+    out = out if out.is_absolute() else Path.cwd() / out  # no chdir under Hydra: launch dir
+    # every rank must agree on the run dir (a relative path + different cwd would split it)
+    out = Path(du.broadcast_object(str(out)))
+    cfg["out_dir"] = str(out)
+    topology = topology_from_config(cfg["topology"])
+    targets = TargetConfig.from_config(cfg.get("targets"))
+    resume_path = resolve_resume(cfg.get("resume", "auto"), out)
+    du.barrier()  # everyone checked before rank 0 writes anything
+
+    if train_set is None:
+        train_set, val_set = build_datasets(cfg, topology, dist)
+    val_ann = (cfg.get("data") or {}).get("val_annotations")
+    if not (
+        cfg.get("val_ap", True) and val_set is not None and val_ann and Path(val_ann).is_file()
+    ):
+        cfg["val_ap"] = False  # AP needs ground truth in a COCO file
+
+    seed = int(cfg.get("seed", 0))
+    seed_everything(seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
+    model = build_model(cfg["model"], topology)
+    if model.stride != targets.stride:
+        raise ValueError(
+            f"targets.stride={targets.stride} but model.stride={model.stride}; they must match"
+        )
+    model.to(dist.device)
+    channels_last = cfg.get("channels_last", "auto")
+    channels_last = dist.device.type == "cuda" if channels_last == "auto" else bool(channels_last)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    amp_dtype = resolve_amp(cfg.get("amp", "auto"), dist.device)
+    scaler = torch.amp.GradScaler(dist.device.type, enabled=amp_dtype == torch.float16)
+    optimizer = build_optimizer(model.parameters(), cfg.get("optimizer") or {})
+    epochs = int(cfg.get("epochs", 1))
+    scheduler = build_scheduler(optimizer, cfg.get("scheduler") or {}, epochs)
+
+    start_epoch, step = 0, 0
+    if resume_path is not None:
+        ckpt = load_checkpoint(resume_path, map_location=dist.device)
+        model.load_state_dict(ckpt["model"])
+        if ckpt.get("optimizer"):
+            optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scheduler"):
+            scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        start_epoch, step = int(ckpt["epoch"]) + 1, int(ckpt["step"])
+        log.info("resumed from %s: epoch %d done, step %d", resume_path, start_epoch - 1, step)
+
+    wrapped: nn.Module = model
+    if dist.distributed:
+        if cfg.get("sync_bn"):
+            if dist.device.type == "cuda":
+                wrapped = nn.SyncBatchNorm.convert_sync_batchnorm(wrapped)
+            else:
+                log.warning(
+                    "sync_bn needs CUDA (PyTorch's SyncBatchNorm); ignored on %s", dist.device
+                )
+        wrapped = nn.parallel.DistributedDataParallel(
+            wrapped, device_ids=[dist.device.index] if dist.device.type == "cuda" else None
+        )
+    if cfg.get("compile"):
+        wrapped = torch.compile(wrapped)
+
+    writer = None
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(out / "config.yaml", _yaml(cfg))
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tb"), purge_step=step if step else None)
+    decoder = _maybe_decoder(cfg, topology)
+    if decoder is not None and cfg["val_ap"]:
+        cfg["_val_category"] = _val_category(cfg, topology)
+    ctx = Context(cfg, dist, topology, targets, amp_dtype, channels_last, writer, decoder, step)
+    train_loader = make_loader(train_set, cfg, dist, True, collate_fn)
+    val_loader = make_loader(val_set, cfg, dist, False, collate_fn) if val_set is not None else None
+    ckpt_every = max(int(cfg.get("ckpt_every", 1)), 1)
+    val_every = int(cfg.get("val_every", 1) or 0)
+    summary: dict[str, Any] = {"out_dir": str(out), "world_size": dist.world_size, "epochs": []}
+    if start_epoch >= epochs:
+        log.info("nothing to do: %s already finished %d epochs", resume_path, start_epoch)
+    log.info(
+        "training %s on %s x%d: %d samples, epochs %d..%d, amp=%s, out_dir=%s",
+        unwrap_model(model).name,
+        dist.device,
+        dist.world_size,
+        len(train_set),
+        start_epoch,
+        epochs - 1,
+        amp_dtype,
+        out,
+    )
+    t_start = time.perf_counter()
+    for epoch in range(start_epoch, epochs):
+        train_loader.sampler.set_epoch(epoch)
+        # per-epoch, per-rank seed: different augmentations on each rank, reproducible on resume
+        seed_everything(seed + 1000 * epoch + dist.rank)
+        stats = train_one_epoch(wrapped, train_loader, optimizer, scaler, epoch, ctx)
+        scheduler.step()
+        du.broadcast_buffers(model)
+        row = {"epoch": epoch, "step": ctx.step, **stats}
+        if (
+            val_loader is not None
+            and val_every
+            and ((epoch + 1) % val_every == 0 or epoch + 1 == epochs)
+        ):
+            row.update(evaluate(model, val_loader, ctx, epoch))
+        if writer is not None:
+            writer.add_scalar("epoch/loss", stats["loss"], ctx.step)
+        summary["epochs"].append(row)
+        log.info(
+            "epoch %d: %s",
+            epoch,
+            ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)),
+        )
+        if dist.is_main:
+            state = {
+                "epoch": epoch,
+                "step": ctx.step,
+                "model": unwrap_model(model).state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "config": {k: v for k, v in cfg.items() if not k.startswith("_")},
+                "meta": checkpoint_meta(dist.world_size),
+            }
+            if (epoch + 1) % ckpt_every == 0 or epoch + 1 == epochs:
+                save_checkpoint(out / f"epoch_{epoch}.pth", state)
+            save_checkpoint(out / "last.pth", state)  # last: a kill after this resumes at epoch+1
+        du.barrier()
+    summary["replica_checksums"] = du.check_replicas_in_sync(model)
+    summary["step"] = ctx.step
+    summary["minutes"] = (time.perf_counter() - t_start) / 60
+    summary["history"] = ctx.history
+    if writer is not None:
+        writer.close()
+    if dist.is_main:
+        _atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
+    return summary
+
+
+def _yaml(cfg: Mapping[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump({k: v for k, v in cfg.items() if not k.startswith("_")}, sort_keys=False)
+
+
+def _maybe_decoder(cfg: Mapping[str, Any], topology: Topology) -> Any:
+    """The project decoder for image panels and val AP, or None when it is not installed."""
+    try:
+        from inference.decoder import OpenPoseDecoder
+    except ImportError:
+        log.info("inference.decoder not available: no decoded skeletons or val AP")
+        return None
+    return OpenPoseDecoder.from_config(cfg.get("decoder") or {}, topology)
+
+
+def _val_category(cfg: Mapping[str, Any], topology: Topology) -> dict[str, Any]:
+    """The COCO category (keypoint names) of the validation annotations."""
+    gt = _cached_coco(str(cfg["data"]["val_annotations"]))
+    cats = [c for c in gt.loadCats(gt.getCatIds()) if c.get("keypoints")]
+    if not cats:
+        raise ValueError(f"{cfg['data']['val_annotations']}: no category with keypoints")
+    return cats[0]
