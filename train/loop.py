@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
@@ -425,8 +424,9 @@ def _decode_to_coco(
     ctx: Context,
 ) -> list[dict]:
     """Decode a batch and map skeletons from input pixels back to original-image pixels."""
-    from datasets.geometry import apply, invert
     from inference.cocoeval import skeletons_to_coco
+
+    from datasets.geometry import apply, invert
 
     heat_np = heat.float().cpu().numpy()
     paf_np = paf.float().cpu().numpy()
