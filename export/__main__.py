@@ -58,6 +58,7 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
         output,
         dynamic_batch=bool(cfg.get("dynamic_batch", True)),
         opset=int(cfg.get("opset", 17)),
+        deconv_as_conv=bool(cfg.get("deconv_as_conv", True)),
     )
     check_onnx(output)
     parity_cfg = cfg.get("parity") or {}

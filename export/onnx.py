@@ -84,6 +84,76 @@ def fuse_batchnorms(model: nn.Module) -> nn.Module:
     return model
 
 
+class SubPixelConvTranspose(nn.Module):
+    """``ConvTranspose2d(k=4, s=2, p=1)`` as one ``Conv2d(k=2, p=1)`` with 4x the output channels
+    and a phase interleave (pixel shuffle): the same function, as ordinary convolution.
+
+    Output pixel (2m + a, 2n + b) of the transposed convolution only ever sees input rows
+    {m - 1, m} (a = 0, taps 3, 1) or {m, m + 1} (a = 1, taps 2, 0), and likewise for columns: a
+    2x2 correlation per phase. One 2x2 convolution over the 1-padded input computes all four
+    phases at (H + 1, W + 1) positions; phase (a, b) is the window starting at (a, b). Same
+    multiply count as the transposed convolution (plus one row and column), but ONNX Runtime
+    runs it with its fast (and INT8-quantisable) convolution kernels instead of the slow
+    col2im ConvTranspose.
+    """
+
+    _TAPS = ((3, 1), (2, 0))
+
+    def __init__(self, ct: nn.ConvTranspose2d) -> None:
+        super().__init__()
+        if not is_subpixel_convtranspose(ct):
+            raise ValueError(f"not a ConvTranspose2d(k=4, s=2, p=1, groups=1): {ct}")
+        w = ct.weight.detach()  # (Cin, Cout, 4, 4)
+        cin, cout = w.shape[:2]
+        kernels = []
+        for a in (0, 1):
+            for b in (0, 1):
+                k = w[:, :, list(self._TAPS[a])][:, :, :, list(self._TAPS[b])]  # (Cin, Cout, 2, 2)
+                kernels.append(k.permute(1, 0, 2, 3))  # (Cout, Cin, 2, 2)
+        # output channel order (c, a, b): what pixel_shuffle expects
+        weight = torch.stack(kernels, dim=1).reshape(4 * cout, cin, 2, 2)
+        bias = ct.bias.detach() if ct.bias is not None else torch.zeros(cout)
+        self.conv = nn.Conv2d(cin, 4 * cout, kernel_size=2, padding=1)
+        with torch.no_grad():
+            self.conv.weight.copy_(weight)
+            self.conv.bias.copy_(bias.repeat_interleave(4))
+        self.out_channels = cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)  # (B, 4C, H+1, W+1), channels (c, a, b)
+        b, c4 = y.shape[0], y.shape[1]
+        c = c4 // 4
+        y = y.reshape(b, c, 4, y.shape[2], y.shape[3])
+        phases = torch.stack(
+            [y[:, :, 0, :-1, :-1], y[:, :, 1, :-1, 1:], y[:, :, 2, 1:, :-1], y[:, :, 3, 1:, 1:]], 2
+        )  # (B, C, 4, H, W)
+        return F.pixel_shuffle(phases.flatten(1, 2), 2)  # (B, C, 2H, 2W)
+
+
+def is_subpixel_convtranspose(m: nn.Module) -> bool:
+    """A ConvTranspose2d that ``SubPixelConvTranspose`` reproduces exactly."""
+    return (
+        isinstance(m, nn.ConvTranspose2d)
+        and tuple(m.kernel_size) == (4, 4)
+        and tuple(m.stride) == (2, 2)
+        and tuple(m.padding) == (1, 1)
+        and tuple(m.output_padding) == (0, 0)
+        and tuple(m.dilation) == (1, 1)
+        and m.groups == 1
+        and m.padding_mode == "zeros"
+    )
+
+
+def convtranspose_to_conv(model: nn.Module) -> nn.Module:
+    """Replace (in place) every k4/s2/p1 ConvTranspose2d by ``SubPixelConvTranspose``."""
+    for name, child in list(model.named_children()):
+        if is_subpixel_convtranspose(child):
+            setattr(model, name, SubPixelConvTranspose(child))
+        else:
+            convtranspose_to_conv(child)
+    return model
+
+
 def check_model_outputs(model: nn.Module, info: ModelInfo) -> None:
     """Run one dummy input and check the maps' shapes agree with the topology and stride."""
     h, w = info.input_size
@@ -112,16 +182,21 @@ def export_onnx(
     *,
     dynamic_batch: bool = True,
     opset: int = 17,
+    deconv_as_conv: bool = True,
 ) -> Path:
     """Export ``model`` (eval mode, returning (heatmap, paf)) to ``path`` atomically.
 
     ``info.layout`` selects the output layout and ``info.decoder['maxpool_kernel']`` the max-pool
     kernel. Batch norms are folded into the convolutions (``fuse_batchnorms`` for transposed
-    convolutions, the exporter's constant folding for the rest).
+    convolutions, the exporter's constant folding for the rest). ``deconv_as_conv`` rewrites
+    the heads' k4/s2/p1 transposed convolutions as ``SubPixelConvTranspose`` (same outputs;
+    about 2x faster in ONNX Runtime on CPU, and quantisable to INT8).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = fuse_batchnorms(model)
+    if deconv_as_conv:
+        model = convtranspose_to_conv(model)
     check_model_outputs(model, info)
     wrapper = DeployModel(model, info.maxpool_kernel, info.layout).eval()
     h, w = info.input_size
