@@ -90,10 +90,13 @@ def render_heatmaps(
     keypoints: Any, num_parts: int, map_size: tuple[int, int], cfg: TargetConfig = TargetConfig()
 ) -> np.ndarray:
     """(K, H, W) float32 part heatmaps for one sample's (N, K, 3) keypoints in input pixels."""
-    h, w = map_size
     kp = _as_keypoints(keypoints, num_parts)
+    return _heatmaps(kp, _present(kp, map_size, cfg), num_parts, map_size, cfg)
+
+
+def _heatmaps(kp, present, num_parts, map_size, cfg) -> np.ndarray:
+    h, w = map_size
     heat = np.zeros(num_parts * h * w, np.float32)
-    present = _present(kp, map_size, cfg)
     obj, part = np.nonzero(present)
     if obj.size == 0:
         return heat.reshape(num_parts, h, w)
@@ -108,10 +111,12 @@ def render_heatmaps(
     inv = np.float32(-0.5 / cfg.sigma**2)
     gx = np.exp(dx * dx * inv) * ((dx <= r) & (jx >= 0) & (jx < w))
     gy = np.exp(dy * dy * inv) * ((dy <= r) & (iy >= 0) & (iy < h))
-    val = gy[:, :, None] * gx[:, None, :]  # (M, n, n)
-    key = (part[:, None, None] * h + iy[:, :, None]) * w + jx[:, None, :]
+    val = gy[:, :, None] * gx[:, None, :]  # (M, n, n) float32
+    key = (part[:, None, None] * h + iy[:, :, None].astype(np.int64)) * w + jx[:, None, :].astype(
+        np.int64
+    )
     keep = val > 0
-    np.maximum.at(heat, key[keep].astype(np.int64), val[keep])
+    np.maximum.at(heat, key[keep], val[keep])
     return heat.reshape(num_parts, h, w)
 
 
@@ -122,12 +127,15 @@ def render_pafs(
     cfg: TargetConfig = TargetConfig(),
 ) -> np.ndarray:
     """(2E, H, W) float32 Part Affinity Fields for one sample's (N, K, 3) keypoints."""
-    h, w = map_size
     kp = _as_keypoints(keypoints, topology.num_parts)
+    return _pafs(kp, _present(kp, map_size, cfg), topology, map_size, cfg)
+
+
+def _pafs(kp, present, topology, map_size, cfg) -> np.ndarray:
+    h, w = map_size
     out = np.zeros((topology.num_paf_channels, h, w), np.float32)
     if kp.shape[0] == 0 or topology.num_edges == 0:
         return out
-    present = _present(kp, map_size, cfg)
     edges = np.asarray(topology.edges, dtype=np.int64)  # (E, 2)
     ok = present[:, edges[:, 0]] & present[:, edges[:, 1]]  # (N, E)
     obj, edge = np.nonzero(ok)
@@ -147,50 +155,51 @@ def render_pafs(
     # at every major coordinate, the few minor coordinates the band can reach there. That is about
     # 3 pixels per unit of limb length instead of the limb's whole bounding box, and all limbs of
     # all people are expanded into one flat list, so the number of numpy calls does not grow with
-    # the number of people. The exact rectangle test below decides.
+    # the number of people. The exact rectangle test below decides. Work happens in each limb's
+    # (major, minor) frame; pixels go back to (x, y) only for the final index.
     x_major = np.abs(d[:, 0]) >= np.abs(d[:, 1])
-    ma, na = np.where(x_major, a[:, 0], a[:, 1]), np.where(x_major, a[:, 1], a[:, 0])
-    mb = np.where(x_major, b[:, 0], b[:, 1])
-    dm, dn = np.where(x_major, d[:, 0], d[:, 1]), np.where(x_major, d[:, 1], d[:, 0])
-    slope = dn / dm  # |slope| <= 1, dm != 0 since the limb has length
+    swap = x_major[:, None]
+    a_mn = np.where(swap, a, a[:, ::-1])  # (M, 2) limb start as (major, minor)
+    u_mn = np.where(swap, unit, unit[:, ::-1])
+    b_major = np.where(x_major, b[:, 0], b[:, 1])
+    slope = u_mn[:, 1] / u_mn[:, 0]  # |slope| <= 1; u_major != 0 since the limb has length
     half = wd * np.sqrt(1 + slope * slope)  # the band's half-extent along the minor axis
     m_size = np.where(x_major, w, h)
-    m0 = np.maximum(np.ceil(np.minimum(ma, mb) - wd), 0).astype(np.int64)
-    m1 = np.minimum(np.floor(np.maximum(ma, mb) + wd), m_size - 1).astype(np.int64)
-    count = np.maximum(m1 - m0 + 1, 0)
+    m0 = np.maximum(np.ceil(np.minimum(a_mn[:, 0], b_major) - wd), 0)
+    m1 = np.minimum(np.floor(np.maximum(a_mn[:, 0], b_major) + wd), m_size - 1)
+    count = np.maximum(m1 - m0 + 1, 0).astype(np.int64)
     total = int(count.sum())
     if total == 0:
         return out
+    # per-limb parameters gathered once for every candidate major coordinate
+    params = np.stack(
+        [a_mn[:, 0], a_mn[:, 1], u_mn[:, 0], u_mn[:, 1], slope, half, length,
+         np.where(x_major, h, w), x_major, m0 - np.cumsum(count) + count],
+        axis=1,
+    )  # fmt: skip
     limb = np.repeat(np.arange(edge.size), count)
-    m = m0[limb] + np.arange(total) - np.repeat(np.cumsum(count) - count, count)  # (T,)
-    centre = na[limb] + (m - ma[limb]) * slope[limb]
-    n_minor = int(np.floor(2 * half.max())) + 1
-    minor = np.ceil(centre - half[limb])[:, None] + np.arange(n_minor)  # (T, n_minor)
-    xm = x_major[limb][:, None]
-    px = np.where(xm, m[:, None], minor)
-    py = np.where(xm, minor, m[:, None])
-    dx = px - a[limb, 0][:, None]
-    dy = py - a[limb, 1][:, None]
-    ux, uy = unit[limb, 0][:, None], unit[limb, 1][:, None]
-    along = dx * ux + dy * uy
-    across = np.abs(dx * uy - dy * ux)
+    p = params[limb]  # (T, 10)
+    m = p[:, 9] + np.arange(total)  # major coordinate of each candidate row
+    dm = (m - p[:, 0])[:, None]
+    minor = np.ceil(p[:, 1] + dm[:, 0] * p[:, 4] - p[:, 5])[:, None] + np.arange(
+        int(np.floor(2 * half.max())) + 1
+    )  # (T, n_minor) candidate minor coordinates
+    dn = minor - p[:, 1:2]
+    along = dm * p[:, 2:3] + dn * p[:, 3:4]
+    across = np.abs(dm * p[:, 3:4] - dn * p[:, 2:3])
     inside = (
-        (along >= 0)
-        & (along <= length[limb][:, None])
-        & (across <= wd)
-        & (px >= 0)
-        & (px < w)
-        & (py >= 0)
-        & (py < h)
+        (along >= 0) & (along <= p[:, 6:7]) & (across <= wd) & (minor >= 0) & (minor < p[:, 7:8])
     )
-    li = np.broadcast_to(limb[:, None], inside.shape)[inside]
-    pix = py[inside].astype(np.int64) * w + px[inside].astype(np.int64)
+    rows, cols = np.nonzero(inside)
+    mm, nn = m[rows].astype(np.int64), minor[rows, cols].astype(np.int64)
+    li = limb[rows]
+    pix = np.where(p[rows, 8] > 0, nn * w + mm, mm * w + nn)
     # average the unit vectors of the limbs (of different objects) covering each pixel
     hw_ = h * w
-    count = np.zeros(topology.num_edges * hw_, np.float32)
     key = edge[li] * hw_ + pix
-    np.add.at(count, key, 1.0)
-    share = 1.0 / count[key]
+    hits = np.bincount(key, minlength=topology.num_edges * hw_)
+    # float32 throughout: np.add.at takes a slow path when value and array dtypes differ
+    share = np.float32(1.0) / hits[key].astype(np.float32)
     paf = np.asarray(topology.edges_paf, dtype=np.int64)[edge[li]]  # (P, 2) channels
     flat = out.reshape(-1)
     np.add.at(flat, paf[:, 0] * hw_ + pix, unit[li, 0] * share)
@@ -205,9 +214,11 @@ def render_targets(
     cfg: TargetConfig = TargetConfig(),
 ) -> tuple[np.ndarray, np.ndarray]:
     """Heatmaps (K, H, W) and PAFs (2E, H, W), float32, for one sample's (N, K, 3) keypoints."""
+    kp = _as_keypoints(keypoints, topology.num_parts)
+    present = _present(kp, map_size, cfg)
     return (
-        render_heatmaps(keypoints, topology.num_parts, map_size, cfg),
-        render_pafs(keypoints, topology, map_size, cfg),
+        _heatmaps(kp, present, topology.num_parts, map_size, cfg),
+        _pafs(kp, present, topology, map_size, cfg),
     )
 
 
