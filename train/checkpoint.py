@@ -110,8 +110,8 @@ def checkpoint_meta(world_size: int = 1) -> dict[str, Any]:
     import torchvision
 
     return {
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torch": str(torch.__version__),  # TorchVersion is not plain data
+        "torchvision": str(torchvision.__version__),
         "python": platform.python_version(),
         "git_sha": git_sha(),
         "world_size": int(world_size),

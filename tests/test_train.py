@@ -1,0 +1,129 @@
+"""Training loop on tiny in-memory data: loss, checkpoints, resume, targets on device, logging."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from models import build_from_checkpoint
+from tests._train_data import TinyPoseSet
+from train.checkpoint import load_checkpoint
+from train.loop import masked_mse, resolve_amp, run
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+
+
+def tiny_cfg(out_dir: Path, **over) -> dict:
+    """conf/train.yaml as plain data with the tiny model on 64x64 inputs."""
+    cfg = yaml.safe_load((CONF / "train.yaml").read_text())
+    cfg.pop("defaults"), cfg.pop("hydra")
+    cfg["topology"] = yaml.safe_load((CONF / "topology" / "coco18.yaml").read_text())
+    cfg["model"] = yaml.safe_load((CONF / "model" / "tiny.yaml").read_text())
+    cfg["targets"]["stride"] = cfg["model"]["stride"]
+    cfg["data"] = {"input_size": [64, 64], "batch_size": 4, "num_workers": 0}
+    cfg.update(
+        epochs=2, ckpt_every=1, log_every=1, image_every=0, out_dir=str(out_dir), resume="auto"
+    )
+    cfg["optimizer"]["lr"] = 3e-3
+    cfg.update(over)
+    return cfg
+
+
+def test_masked_mse_weights_and_shape_errors():
+    pred = torch.zeros(2, 3, 4, 4)
+    target = torch.ones(2, 3, 4, 4)
+    mask = torch.ones(2, 4, 4)
+    assert masked_mse(pred, target, mask, "heatmap").item() == pytest.approx(1.0)
+    mask[:, :2] = 0  # half the map ignored: half the squared error counts
+    assert masked_mse(pred, target, mask, "heatmap").item() == pytest.approx(0.5)
+    with pytest.raises(
+        ValueError, match=r"paf: model output \(2, 3, 4, 4\) and target \(2, 3, 8, 8\)"
+    ):
+        masked_mse(pred, torch.ones(2, 3, 8, 8), mask, "paf")
+
+
+def test_amp_resolution():
+    cpu = torch.device("cpu")
+    assert resolve_amp("auto", cpu) is None and resolve_amp("off", cpu) is None
+    assert resolve_amp("bf16", cpu) is torch.bfloat16
+    with pytest.raises(ValueError, match="fp16 needs CUDA"):
+        resolve_amp("fp16", cpu)
+
+
+def test_train_learns_writes_checkpoints_and_logs(tmp_path):
+    out = tmp_path / "run"
+    cfg = tiny_cfg(out, epochs=3, ckpt_every=2, image_every=2)
+    summary = run(cfg, train_set=TinyPoseSet(16), val_set=TinyPoseSet(8, seed=1))
+    losses = [e["loss"] for e in summary["epochs"]]
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert all("val_loss" in e for e in summary["epochs"])
+    # epoch_<N>.pth every ckpt_every epochs and at the end; last.pth always
+    assert sorted(p.name for p in out.glob("*.pth")) == ["epoch_1.pth", "epoch_2.pth", "last.pth"]
+    assert not list(out.glob(".*tmp")), "temporary checkpoint left behind"
+    ck = load_checkpoint(out / "last.pth")
+    assert ck["epoch"] == 2 and ck["step"] == summary["step"] == 12
+    for key in ("optimizer", "scheduler", "scaler", "meta"):
+        assert key in ck
+    c = ck["config"]
+    assert c["data"]["input_size"] == [64, 64] and c["targets"]["stride"] == 4
+    assert c["topology"]["labels"][17] == "neck" and c["model"]["backbone"] == "tiny"
+    assert c["model"]["mean"] == [0.485, 0.456, 0.406]
+    # the checkpoint rebuilds the trained model
+    model, _ = build_from_checkpoint(out / "epoch_2.pth")
+    x = TinyPoseSet(1)[0]["image"][None]
+    with torch.no_grad():
+        heat, paf = model(x)
+    assert heat.shape == (1, 18, 16, 16) and paf.shape == (1, 42, 16, 16)
+    # TensorBoard: every loss term, lr, throughput, data wait, val loss and a picture
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tb"), size_guidance={"images": 0}).Reload()
+    scalars = set(acc.Tags()["scalars"])
+    for tag in ("loss", "loss_heatmap", "loss_paf", "lr", "images_per_s", "data_wait"):
+        assert f"train/{tag}" in scalars
+    assert "val/val_loss" in scalars
+    assert "train/prediction" in acc.Tags()["images"]
+    wait = [e.value for e in acc.Scalars("train/data_wait")]
+    assert all(0 <= w <= 1 for w in wait)
+
+
+def test_resume_auto_matches_an_uninterrupted_run(tmp_path):
+    data = TinyPoseSet(16)
+    full = run(tiny_cfg(tmp_path / "full", epochs=3), train_set=data)
+    run(tiny_cfg(tmp_path / "split", epochs=2), train_set=data)
+    rest = run(tiny_cfg(tmp_path / "split", epochs=3), train_set=data)
+    assert [e["epoch"] for e in rest["epochs"]] == [2]  # only the missing epoch ran
+    assert rest["step"] == full["step"]
+    a = load_checkpoint(tmp_path / "full" / "last.pth")
+    b = load_checkpoint(tmp_path / "split" / "last.pth")
+    for k, v in a["model"].items():
+        torch.testing.assert_close(b["model"][k], v, rtol=1e-5, atol=1e-6, msg=k)
+    # a finished run resumes to nothing
+    again = run(tiny_cfg(tmp_path / "split", epochs=3), train_set=data)
+    assert again["epochs"] == [] and again["step"] == full["step"]
+
+
+def test_fresh_run_refuses_to_overwrite(tmp_path):
+    data = TinyPoseSet(8)
+    run(tiny_cfg(tmp_path / "r", epochs=1), train_set=data)
+    with pytest.raises(FileExistsError, match="resume=auto"):
+        run(tiny_cfg(tmp_path / "r", epochs=1, resume=None), train_set=data)
+
+
+def test_targets_on_device_train_like_worker_targets(tmp_path):
+    a = run(tiny_cfg(tmp_path / "a", epochs=1), train_set=TinyPoseSet(8))
+    b = run(tiny_cfg(tmp_path / "b", epochs=1), train_set=TinyPoseSet(8, render=False))
+    la = [h["loss"] for h in a["history"]]
+    lb = [h["loss"] for h in b["history"]]
+    assert len(la) == 2
+    assert la == pytest.approx(lb, rel=1e-5)
+
+
+def test_stride_mismatch_is_a_clear_error(tmp_path):
+    cfg = tiny_cfg(tmp_path / "x")
+    cfg["targets"]["stride"] = 8
+    with pytest.raises(ValueError, match="targets.stride=8 but model.stride=4"):
+        run(cfg, train_set=TinyPoseSet(4))
