@@ -55,3 +55,73 @@ class TinyPoseSet(Dataset):
             heat, paf = render_targets(kp, self.topology, (h // s, w // s), self.targets)
             out["heatmap"], out["paf"] = torch.from_numpy(heat), torch.from_numpy(paf)
         return out
+
+
+def write_coco_set(root, n_train: int = 8, n_val: int = 4, hw=(64, 64), seed: int = 0):
+    """A COCO-format keypoint set on disk laid out as conf/data/coco.yaml expects under ``root``.
+
+    Each image shows one stick figure (coco18 labels, neck included) drawn on a dark background;
+    annotation files are ``annotations/person_keypoints_{train,val}2017_modified.json``.
+    """
+    import json
+    from pathlib import Path
+
+    import cv2
+
+    root = Path(root)
+    topo = Topology.named("coco18")
+    rng = np.random.default_rng(seed)
+    h, w = hw
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    next_id = 1
+    for split, n in (("train2017", n_train), ("val2017", n_val)):
+        (root / split).mkdir(exist_ok=True)
+        images, anns = [], []
+        for i in range(n):
+            image_id = next_id
+            next_id += 1
+            xy = np.stack(
+                [
+                    rng.uniform(0.15 * w, 0.85 * w, topo.num_parts),
+                    rng.uniform(0.15 * h, 0.85 * h, topo.num_parts),
+                ],
+                1,
+            )
+            img = np.full((h, w, 3), 40, np.uint8)
+            for a, b in topo.edges:
+                cv2.line(
+                    img,
+                    tuple(int(v) for v in xy[a]),
+                    tuple(int(v) for v in xy[b]),
+                    (200, 200, 200),
+                    1,
+                )
+            for x, y in xy:
+                cv2.circle(img, (int(x), int(y)), 1, (255, 255, 255), -1)
+            name = f"{image_id:012d}.jpg"
+            cv2.imwrite(str(root / split / name), img)
+            images.append({"id": image_id, "file_name": name, "height": h, "width": w})
+            kps = [float(v) for x, y in xy for v in (x, y, 2)]
+            x0, y0 = xy.min(0)
+            x1, y1 = xy.max(0)
+            anns.append(
+                {
+                    "id": 1000 + image_id,
+                    "image_id": image_id,
+                    "category_id": 1,
+                    "iscrowd": 0,
+                    "keypoints": kps,
+                    "num_keypoints": topo.num_parts,
+                    "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
+                    "area": float((x1 - x0) * (y1 - y0)),
+                    "segmentation": [],
+                }
+            )
+        doc = {
+            "images": images,
+            "annotations": anns,
+            "categories": [topo.to_coco_category(1, "person")],
+        }
+        path = root / "annotations" / f"person_keypoints_{split}_modified.json"
+        path.write_text(json.dumps(doc))
+    return root

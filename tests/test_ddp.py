@@ -1,0 +1,131 @@
+"""DDP with 2 CPU processes on gloo, launched by torchrun exactly as users launch it.
+
+Both ranks must end with identical weights, and the run must match a single process over the same
+global batches. BatchNorm normalises each rank's own micro-batch, so the single-process reference
+accumulates gradients over micro-batches of the same size (grad_accum=2, batch 1): with the shared
+DistributedSampler order, its micro-batch j of a step is exactly rank j's batch of that step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests._train_data import write_coco_set
+from train.checkpoint import load_checkpoint
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_args(data_root: Path, out_dir: Path, *extra: str) -> list[str]:
+    return [
+        "model=tiny",
+        "data=coco",
+        f"data.root={data_root}",
+        "data.input_size=[64,64]",
+        "data.augment=null",
+        "data.batch_size=1",
+        "data.num_workers=0",
+        "epochs=2",
+        "steps_per_epoch=3",
+        "val_every=0",
+        "log_every=1",
+        "image_every=0",
+        "optimizer.lr=0.003",
+        "threads=1",
+        f"out_dir={out_dir}",
+        f"hydra.run.dir={out_dir}/hydra",
+        *extra,
+    ]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("WORLD_SIZE", None)
+    env.pop("RANK", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("ddp")
+    data = write_coco_set(tmp / "coco", n_train=8, n_val=2)
+    ddp, single = tmp / "ddp", tmp / "single"
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={_free_port()}",
+        "-m",
+        "train",
+    ]
+    procs = [
+        subprocess.Popen(
+            torchrun + train_args(data, ddp),
+            cwd=REPO,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        ),
+        subprocess.Popen(
+            [sys.executable, "-m", "train", *train_args(data, single, "grad_accum=2")],
+            cwd=REPO,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        ),
+    ]
+    for p, name in zip(procs, ("torchrun", "single"), strict=True):
+        out, _ = p.communicate(timeout=300)
+        assert p.returncode == 0, f"{name} run failed:\n{out[-4000:]}"
+    return ddp, single
+
+
+def test_both_ranks_end_with_identical_weights(runs):
+    ddp, _ = runs
+    summary = json.loads((ddp / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    sums = summary["replica_checksums"]
+    assert len(sums) == 2 and sums[0] == sums[1]
+
+
+def test_ddp_matches_single_process_over_the_same_global_batches(runs):
+    ddp, single = runs
+    a = json.loads((ddp / "summary.json").read_text())
+    b = json.loads((single / "summary.json").read_text())
+    assert a["step"] == b["step"] == 6  # 8 samples / (1 x 2 ranks) = 4 steps, capped at 3 per epoch
+    la = [h["loss"] for h in a["history"]]
+    lb = [h["loss"] for h in b["history"]]
+    assert len(la) == 6
+    assert la == pytest.approx(lb, rel=1e-4)
+    assert la[-1] < la[0]  # it trained
+    wa = load_checkpoint(ddp / "last.pth")["model"]
+    wb = load_checkpoint(single / "last.pth")["model"]
+    for k, v in wa.items():
+        if v.is_floating_point() and "running" not in k:
+            torch.testing.assert_close(wb[k], v, rtol=1e-3, atol=1e-5, msg=k)
+
+
+def test_only_rank0_writes_the_run_dir(runs):
+    ddp, _ = runs
+    names = sorted(p.name for p in ddp.iterdir())
+    assert names == ["config.yaml", "epoch_1.pth", "hydra", "last.pth", "summary.json", "tb"]
+    assert load_checkpoint(ddp / "last.pth")["meta"]["world_size"] == 2
+    # one TensorBoard event file: rank 1 opened no writer
+    assert len(list((ddp / "tb").glob("events.*"))) == 1
