@@ -121,9 +121,8 @@ class SubPixelConvTranspose(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(x)  # (B, 4C, H+1, W+1), channels (c, a, b)
-        b, c4 = y.shape[0], y.shape[1]
-        c = c4 // 4
-        y = y.reshape(b, c, 4, y.shape[2], y.shape[3])
+        # H and W are fixed at export: python ints keep shape arithmetic out of the ONNX graph
+        y = y.reshape(-1, self.out_channels, 4, int(y.shape[2]), int(y.shape[3]))
         phases = torch.stack(
             [y[:, :, 0, :-1, :-1], y[:, :, 1, :-1, 1:], y[:, :, 2, 1:, :-1], y[:, :, 3, 1:, 1:]], 2
         )  # (B, C, 4, H, W)
@@ -210,6 +209,8 @@ def export_onnx(
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             # the TorchScript exporter: no extra dependency, BN folding, stable tensor names
             warnings.simplefilter("ignore", DeprecationWarning)
+            # SubPixelConvTranspose fixes H, W as constants on purpose (the input size is fixed)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.onnx.export(
                 wrapper,
                 (dummy,),
@@ -224,6 +225,7 @@ def export_onnx(
         import onnx
 
         proto = onnx.load(tmp)
+        _set_output_shapes(proto, info, dynamic_batch)
         onnx.helper.set_model_props(proto, info.to_metadata())
         proto.doc_string = (
             f"pafpose {info.topology.name} pose model: input {INPUT_NAME} (N,3,{h},{w}) RGB [0,1]; "
@@ -235,6 +237,29 @@ def export_onnx(
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _set_output_shapes(proto, info: ModelInfo, dynamic_batch: bool) -> None:
+    """Declare the outputs' full static shapes (the exporter may leave H, W symbolic): consumers
+    such as Isaac's TensorRTInference and TensorRT's profiles read them."""
+    mh, mw = info.map_size
+    channels = {
+        "part_affinity_fields": info.topology.num_paf_channels,
+        "heatmap": info.topology.num_parts,
+        "maxpool_heatmap": info.topology.num_parts,
+    }
+    for out in proto.graph.output:
+        c = channels[out.name]
+        dims = [mh, mw, c] if info.layout == "nhwc" else [c, mh, mw]
+        shape = out.type.tensor_type.shape
+        del shape.dim[:]
+        first = shape.dim.add()
+        if dynamic_batch:
+            first.dim_param = "batch"
+        else:
+            first.dim_value = 1
+        for d in dims:
+            shape.dim.add().dim_value = d
 
 
 def check_onnx(path: str | Path) -> None:

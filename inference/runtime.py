@@ -26,7 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from datasets.geometry import ASPECT_POLICIES, apply, cv2_matrix, fit_matrix, invert
+from datasets.geometry import ASPECT_POLICIES, apply, compose, cv2_matrix, fit_matrix, invert
 from datasets.topology import Topology
 
 # Version of the metadata layout below; readers accept this and older versions.
@@ -159,16 +159,37 @@ class ModelInfo:
 
 
 # ---------------------------------------------------------------------- pre/post-processing
-def preprocess_image(image: np.ndarray, info: ModelInfo) -> tuple[np.ndarray, np.ndarray]:
+def preprocess_image(
+    image: np.ndarray, info: ModelInfo, max_upsample: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """RGB uint8 (h, w, 3) -> network input (3, H, W) float32 in [0, 1] and the 2x3 matrix
-    taking original image coordinates to input coordinates (training's eval-mode geometry)."""
+    taking original image coordinates to input coordinates (training's eval-mode geometry).
+
+    Like training's loader (which decodes JPEGs at 1/2, 1/4 or 1/8 size while the warp still
+    magnifies those pixels at most ``max_upsample`` times), a large image is first reduced by
+    that power of two with area averaging, then warped bilinearly: no aliasing from a strong
+    bilinear downscale, and the same picture statistics the network was trained on.
+    """
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"image must be RGB (h, w, 3); got shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8 RGB; got dtype {image.dtype}")
     height, width = info.input_size
-    m = fit_matrix(image.shape[:2], (height, width), info.aspect)
+    h, w = image.shape[:2]
+    m = fit_matrix((h, w), (height, width), info.aspect)
+    stretch = float(np.linalg.svd(m[:, :2], compute_uv=False)[0])
+    r = 1
+    while r < 8 and 2 * r * stretch <= max_upsample:
+        r *= 2
+    src, warp = image, m
+    if r > 1:
+        rh, rw = -(-h // r), -(-w // r)  # ceil, as a 1/r JPEG decode
+        src = cv2.resize(image, (rw, rh), interpolation=cv2.INTER_AREA)
+        # reduced pixel i covers original [i * w / rw, (i + 1) * w / rw)
+        warp = compose(m, np.array([[w / rw, 0.0, 0.0], [0.0, h / rh, 0.0]]))
     warped = cv2.warpAffine(
-        image,
-        cv2_matrix(m),
+        src,
+        cv2_matrix(warp),
         (width, height),
         flags=cv2.INTER_LINEAR,
         borderMode=cv2.BORDER_CONSTANT,

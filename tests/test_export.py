@@ -1,0 +1,165 @@
+"""Export: checkpoint -> ONNX names, layouts, metadata, BN folding, parity, decoder config."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from export.__main__ import run
+from export.onnx import (
+    ParityError,
+    SubPixelConvTranspose,
+    convtranspose_to_conv,
+    parity_check,
+)
+from inference.runtime import OUTPUT_NAMES, ModelInfo, load_runtime
+from tests.deploy_fixtures import INPUT_SIZE, REPO, export_cfg, make_checkpoint
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("export") / "tiny.pth")
+
+
+def _dims(value_info) -> list:
+    return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
+
+
+def test_export_nhwc_names_metadata_parity(ckpt, tmp_path, coco_mini):
+    out = tmp_path / "model.onnx"
+    cfg = export_cfg(ckpt, output=str(out))
+    cfg["parity"]["images"] = [str(coco_mini / "val2017")]
+    result = run(cfg)
+    assert result["onnx"] == out and out.is_file()
+    assert all(v <= 1e-4 for v in result["parity"].values()), result["parity"]
+
+    proto = onnx.load(str(out))
+    h, w = INPUT_SIZE
+    k, c = 18, 42
+    assert [i.name for i in proto.graph.input] == ["input"]
+    assert _dims(proto.graph.input[0]) == ["batch", 3, h, w]
+    outs = {o.name: _dims(o) for o in proto.graph.output}
+    assert outs == {
+        "part_affinity_fields": ["batch", h // 4, w // 4, c],
+        "heatmap": ["batch", h // 4, w // 4, k],
+        "maxpool_heatmap": ["batch", h // 4, w // 4, k],
+    }
+    ops = {n.op_type for n in proto.graph.node}
+    # BN folded everywhere (including after transposed convs), which were rewritten as convs
+    assert "BatchNormalization" not in ops and "ConvTranspose" not in ops
+
+    info = ModelInfo.from_metadata({p.key: p.value for p in proto.metadata_props})
+    assert info.input_size == INPUT_SIZE and info.stride == 4 and info.layout == "nhwc"
+    assert info.topology.name == "coco18" and info.topology.num_edges == 21
+    assert info.decoder["maxpool_kernel"] == 3 and info.decoder["threshold_heatmap"] == 0.05
+    assert info.targets["sigma"] == 1.0
+
+    dec = json.loads(result["decoder_config"].read_text())
+    assert dec["labels"][17] == "neck" and dec["edges"][0] == [15, 13]
+    assert dec["edges_paf"][20] == [40, 41] and dec["output_scale"] == list(INPUT_SIZE)
+    assert dec["threshold_heatmap"] == 0.05
+
+
+def test_onnx_runtime_matches_torch_runtime_in_nchw(ckpt, tmp_path):
+    """The ONNX graph (NHWC) through the runtime equals the torch checkpoint backend (NCHW)."""
+    out = run(export_cfg(ckpt, output=str(tmp_path / "m.onnx")))["onnx"]
+    ort_rt, torch_rt = load_runtime(out), load_runtime(ckpt)
+    assert ort_rt.info.layout == "nhwc" and torch_rt.info.layout == "nchw"
+    x = np.random.default_rng(0).random((2, 3, *INPUT_SIZE), dtype=np.float32)
+    a, b = ort_rt(x), torch_rt(x)
+    for name in OUTPUT_NAMES:
+        assert a[name].shape == b[name].shape == (2, 42 if name[0] == "p" else 18, 16, 24)
+        assert np.abs(a[name] - b[name]).max() <= 1e-4, name
+    # the max-pool is a real 3x3 NMS basis: >= the heatmap, equal at local maxima only
+    assert (a["maxpool_heatmap"] >= a["heatmap"] - 1e-6).all()
+    assert (a["maxpool_heatmap"] > a["heatmap"] + 1e-6).any()
+
+
+def test_static_batch_nchw_export(ckpt, tmp_path):
+    cfg = export_cfg(ckpt, output=str(tmp_path / "s.onnx"), layout="nchw", dynamic_batch=False)
+    out = run(cfg)["onnx"]
+    proto = onnx.load(str(out))
+    assert _dims(proto.graph.input[0])[0] == 1
+    assert {o.name: _dims(o) for o in proto.graph.output}["heatmap"] == [1, 18, 16, 24]
+    rt = load_runtime(out)
+    x = np.random.default_rng(1).random((3, 3, *INPUT_SIZE), dtype=np.float32)
+    y = rt(x)  # the runtime runs a static-batch graph in chunks
+    assert y["heatmap"].shape == (3, 18, 16, 24)
+    ref = load_runtime(ckpt)(x)
+    assert np.abs(y["part_affinity_fields"] - ref["part_affinity_fields"]).max() <= 1e-4
+
+
+def test_parity_failure_names_the_tensor(ckpt, tmp_path):
+    out = run(export_cfg(ckpt, output=str(tmp_path / "p.onnx")))["onnx"]
+    from models import build_from_checkpoint
+
+    model, _ = build_from_checkpoint(ckpt)
+    info = load_runtime(out).info
+    with torch.no_grad():
+        model.head.paf_conv.bias += 0.01  # the PAF head differs from the exported graph
+    x = np.random.default_rng(0).random((2, 3, *INPUT_SIZE), dtype=np.float32)
+    with pytest.raises(ParityError, match=r"part_affinity_fields: max abs diff 0\.01") as e:
+        parity_check(out, model, info, x)
+    assert "heatmap" not in str(e.value).split("(")[-1]
+
+
+def test_subpixel_convtranspose_is_exact():
+    torch.manual_seed(0)
+    for cin, cout, h, w in [(3, 5, 4, 7), (16, 8, 7, 7)]:
+        ct = torch.nn.ConvTranspose2d(cin, cout, 4, 2, 1)
+        x = torch.randn(2, cin, h, w)
+        with torch.no_grad():
+            ref, got = ct(x), SubPixelConvTranspose(ct)(x)
+        assert got.shape == ref.shape == (2, cout, 2 * h, 2 * w)
+        assert (got - ref).abs().max() < 1e-5
+    # other transposed convolutions are left alone
+    seq = torch.nn.Sequential(
+        torch.nn.ConvTranspose2d(3, 3, 3, 2, 1), torch.nn.ConvTranspose2d(3, 3, 4, 2, 1)
+    )
+    convtranspose_to_conv(seq)
+    assert isinstance(seq[0], torch.nn.ConvTranspose2d) and isinstance(
+        seq[1], SubPixelConvTranspose
+    )
+
+
+def test_wrong_topology_for_weights_is_named(tmp_path):
+    """A checkpoint whose maps do not fit its topology fails before writing anything."""
+    from train.checkpoint import load_checkpoint, save_checkpoint
+
+    path = make_checkpoint(tmp_path / "t.pth")
+    ckpt = load_checkpoint(path)
+    ckpt["config"]["data"]["input_size"] = [66, 96]  # not a multiple of the stride
+    save_checkpoint(path, ckpt)
+    with pytest.raises(ValueError, match=r"input size \(66, 96\) is not a multiple of stride 4"):
+        run(export_cfg(path, output=str(tmp_path / "t.onnx")))
+    assert not (tmp_path / "t.onnx").exists()
+
+
+def test_cli_exports_and_exits_zero(ckpt, tmp_path):
+    """`python -m export` through Hydra (config composition, decoder group, output path)."""
+    out = tmp_path / "cli.onnx"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "export",
+            f"ckpt={ckpt}",
+            f"output={out}",
+            "layout=nchw",
+            "parity.count=2",
+            f"hydra.run.dir={tmp_path / 'hydra'}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "onnx.checker: ok" in proc.stdout and out.is_file()
+    assert (tmp_path / "cli.decoder.json").is_file()
