@@ -1,0 +1,694 @@
+"""OpenPose decoder: part heatmaps + Part Affinity Fields -> skeletons (numpy only, no torch).
+
+Follows the steps and parameter names of the Isaac ``OpenPoseDecoder`` (its steps 3-12):
+
+1. NMS: a part candidate is a pixel equal to the max-pool of the heatmap over a
+   ``maxpool_kernel`` window (the max-pool may come from the exported graph as
+   ``maxpool_heatmap``, else it is computed here). Plateaus (equal neighbours, e.g. a keypoint
+   exactly between two pixels) keep only their first pixel in raster order, so one part gives one
+   peak.
+2. Peak confidence is the heatmap value; peaks must exceed ``threshold_heatmap``. There is no
+   limit on the number of objects; ``max_peaks_per_part`` (default 64) keeps the best peaks of a
+   part only to bound the time on noise maps (a random-noise 120x160 map has ~2000 local maxima
+   per part, and edge candidates grow with their square).
+3. Edge candidates: every (from-part peak, to-part peak) pair of every directed edge, all edges
+   at once.
+4. Edge score: ``edge_sampling_steps`` samples on the segment between the two peaks (endpoints
+   included, rounded to the nearest map pixel); each sample's score is the dot product of the PAF
+   vector there with the unit edge vector. A candidate becomes an edge when more than
+   ``threshold_edge_sampling_counter`` samples exceed ``threshold_edge_score``; its score is the
+   mean of the sample scores. No distance prior is used: the PAF alone decides (two peaks on the
+   same pixel have no direction and never make an edge).
+5. Graph matching, the OpenPose way: edges in order of descending score, over all edge types at
+   once; an edge joins the two objects of its peaks unless they would then hold two peaks of the
+   same part (union-find with part bitmasks). This both matches one-to-one per edge type and
+   resolves the cycles of topologies such as coco18 (nose-eyes, neck-hips) consistently.
+6. Merging split graphs: two objects whose common parts all lie within ``threshold_split_score``
+   map pixels of each other are one object split in two (a part seen as two nearby peaks, each
+   grabbing some edges); they are merged, keeping the stronger peak of each common part. Objects
+   with no part in common are never merged.
+7. Filters: objects need more than ``threshold_part_counter`` parts and an object score of at
+   least ``threshold_object_score``. The object score is the mean evidence of the object,
+   ``(sum of part confidences + sum of edge scores) / (K + E)`` over the topology's K parts and
+   E edges: 1.0 for a complete object seen with full confidence, lower for fragments (COCOeval
+   ranks detections by it).
+8. ``refine_parts_coordinates``: sub-pixel part positions. Targets are Gaussians, whose log is a
+   parabola, so the default ``refine_method="quadratic"`` fits a parabola to the log of the peak's
+   3x3 cross and recovers the exact centre of an isolated Gaussian (at a map border, the curvature
+   of the other axis stands in for the missing side). ``"centroid"`` is trt_pose's weighted mean
+   over the 3x3 window, biased towards the pixel centre. Offsets are clamped to +-0.5 pixel.
+9. ``output_scale`` [rows, cols]: map index coordinate u goes to image x = (u + 0.5) * cols / W
+   (pixel i covers [i, i + 1); see ``datasets.targets``). Without it, coordinates are in map
+   pixels (u + 0.5).
+
+Input maps are (K, H, W) / (2E, H, W) (``layout="chw"``) or (H, W, K) / (H, W, 2E)
+(``layout="hwc"``, as the Isaac TensorRT codelet reads them), single images or batches with a
+leading dimension. NaN never makes a peak or counts as edge evidence; +-inf is clamped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from datasets.topology import Topology
+
+DEFAULT_PARAMS: dict[str, Any] = {
+    "threshold_heatmap": 0.05,
+    "threshold_edge_score": 0.05,
+    "threshold_edge_sampling_counter": 4,
+    "edge_sampling_steps": 10,
+    "threshold_part_counter": 1,
+    "threshold_object_score": 0.0,
+    "threshold_split_score": 2.0,
+    "refine_parts_coordinates": True,
+    "refine_method": "quadratic",
+    "output_scale": None,
+    "maxpool_kernel": 3,
+    "max_peaks_per_part": 64,
+}
+REFINE_METHODS = ("quadratic", "centroid")
+LAYOUTS = ("chw", "hwc")
+# Own NMS gathers each candidate's neighbours while candidates are at most this fraction of the
+# map (real heatmaps: ~1%); beyond it (noise, constant maps) whole-map comparisons are cheaper.
+_SPARSE_FRACTION = 1 / 16
+_TINY = 1e-12
+
+
+@dataclass
+class Skeleton:
+    """One detected object.
+
+    ``keypoints``: (K, 3) float64 rows (x, y, score) in output pixels; a missing part has
+    x = y = NaN and score 0. ``score``: object score. ``num_parts``: parts present.
+    ``peaks``: (K,) index of each part's peak in the decoder's peak list (-1 if missing).
+    """
+
+    keypoints: np.ndarray
+    score: float
+    num_parts: int
+    peaks: np.ndarray | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: keypoints as [x, y, score] lists, ``None`` for missing parts."""
+        kps = [
+            None if not np.isfinite(x) else [float(x), float(y), float(s)]
+            for x, y, s in self.keypoints
+        ]
+        return {"keypoints": kps, "score": float(self.score), "num_parts": int(self.num_parts)}
+
+
+@dataclass
+class DecodeTrace:
+    """Intermediate results of one decode, for visualisation and tests (map pixel units).
+
+    peaks: (P,) arrays ``peak_part``, ``peak_row``, ``peak_col``, ``peak_score`` and refined
+    ``peak_xy`` (P, 2) map coordinates (u, v). Edge candidates: (T,) ``cand_edge``, ``cand_a``,
+    ``cand_b`` (peak indices), ``cand_score`` (mean sample score), ``cand_count`` (samples above
+    threshold), ``cand_ok`` (bool, passed the thresholds); ``accepted``: indices into the
+    candidates that joined objects.
+    """
+
+    peak_part: np.ndarray
+    peak_row: np.ndarray
+    peak_col: np.ndarray
+    peak_score: np.ndarray
+    peak_xy: np.ndarray
+    cand_edge: np.ndarray
+    cand_a: np.ndarray
+    cand_b: np.ndarray
+    cand_score: np.ndarray
+    cand_count: np.ndarray
+    cand_ok: np.ndarray
+    accepted: np.ndarray
+    skeletons: list[Skeleton]
+
+
+class OpenPoseDecoder:
+    """Decode heatmaps and PAFs of one topology into skeletons (see the module docstring)."""
+
+    def __init__(self, topology: Topology, **params: Any) -> None:
+        unknown = sorted(set(params) - set(DEFAULT_PARAMS))
+        if unknown:
+            raise ValueError(
+                f"unknown OpenPoseDecoder parameter(s) {unknown}; known: {sorted(DEFAULT_PARAMS)}"
+            )
+        p = {**DEFAULT_PARAMS, **{k: v for k, v in params.items()}}
+        self.topology = topology
+        self.threshold_heatmap = float(p["threshold_heatmap"])
+        self.threshold_edge_score = float(p["threshold_edge_score"])
+        self.threshold_edge_sampling_counter = int(p["threshold_edge_sampling_counter"])
+        self.edge_sampling_steps = int(p["edge_sampling_steps"])
+        self.threshold_part_counter = int(p["threshold_part_counter"])
+        self.threshold_object_score = float(p["threshold_object_score"])
+        self.threshold_split_score = float(p["threshold_split_score"])
+        self.refine_parts_coordinates = bool(p["refine_parts_coordinates"])
+        self.refine_method = str(p["refine_method"])
+        self.output_scale = _as_scale(p["output_scale"], "output_scale")
+        self.maxpool_kernel = int(p["maxpool_kernel"])
+        self.max_peaks_per_part = int(p["max_peaks_per_part"])
+        if self.edge_sampling_steps < 2:
+            raise ValueError(f"edge_sampling_steps must be >= 2, got {self.edge_sampling_steps}")
+        if self.maxpool_kernel < 1 or self.maxpool_kernel % 2 == 0:
+            raise ValueError(
+                f"maxpool_kernel must be a positive odd number, got {self.maxpool_kernel}"
+            )
+        if self.max_peaks_per_part < 1:
+            raise ValueError(f"max_peaks_per_part must be >= 1, got {self.max_peaks_per_part}")
+        if self.refine_method not in REFINE_METHODS:
+            raise ValueError(
+                f"refine_method must be one of {REFINE_METHODS}, got {self.refine_method!r}"
+            )
+
+        # fixed per-topology arrays, built once
+        self._k = topology.num_parts
+        self._e = topology.num_edges
+        edges = np.asarray(topology.edges, dtype=np.intp).reshape(-1, 2)
+        pafc = np.asarray(topology.edges_paf, dtype=np.intp).reshape(-1, 2)
+        self._ea, self._eb = edges[:, 0].copy(), edges[:, 1].copy()
+        self._pafx, self._pafy = pafc[:, 0].copy(), pafc[:, 1].copy()
+        self._t = np.linspace(0.0, 1.0, self.edge_sampling_steps)  # (S,) sample positions
+        r = self.maxpool_kernel // 2
+        offs = [
+            (dr, dc) for dr in range(-r, r + 1) for dc in range(-r, r + 1) if (dr, dc) != (0, 0)
+        ]
+        # neighbours before the pixel in raster order must be strictly lower (plateau tie-break)
+        self._offs = np.asarray(offs, dtype=np.intp).reshape(-1, 2)  # (k*k-1, 2) (drow, dcol)
+        self._before = (self._offs[:, 0] < 0) | ((self._offs[:, 0] == 0) & (self._offs[:, 1] < 0))
+        self._norm = float(self._k + self._e)
+        self._eidx = np.arange(self._e)
+        self._r = max(1, r)  # width of the -inf border of the padded heatmap
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(
+        cls, decoder_cfg: Mapping[str, Any] | None, topology: Topology
+    ) -> OpenPoseDecoder:
+        """Build from a ``conf/decoder`` node (plain dict or DictConfig); unknown keys are errors."""
+        cfg = dict(decoder_cfg or {})
+        if "output_scale" in cfg and cfg["output_scale"] is not None:
+            cfg["output_scale"] = list(cfg["output_scale"])
+        return cls(topology, **cfg)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The parameters as plain data (for configs and model metadata)."""
+        return {
+            k: (
+                list(getattr(self, k))
+                if k == "output_scale" and self.output_scale
+                else getattr(self, k)
+            )
+            for k in DEFAULT_PARAMS
+        }
+
+    # ------------------------------------------------------------------ public API
+    def __call__(
+        self,
+        heatmap: Any,
+        paf: Any,
+        maxpool_heatmap: Any = None,
+        layout: str = "chw",
+        output_scale: Any = None,
+    ) -> list[Skeleton] | list[list[Skeleton]]:
+        """Decode one image (3-D maps) into skeletons, or a batch (4-D) into one list per image.
+
+        ``heatmap`` (K, H, W) / ``paf`` (2E, H, W) for ``layout="chw"``; (H, W, K) / (H, W, 2E)
+        for ``"hwc"``; ``maxpool_heatmap`` like ``heatmap`` or None. ``output_scale`` [rows, cols]
+        overrides the configured one for this call.
+        """
+        heatmap = np.asarray(heatmap)
+        if heatmap.ndim == 4:
+            paf = np.asarray(paf)
+            if paf.ndim != 4 or paf.shape[0] != heatmap.shape[0]:
+                raise ValueError(
+                    f"batched heatmap {heatmap.shape} needs a batched paf with the same batch size; "
+                    f"got paf {np.shape(paf)}"
+                )
+            mp = None if maxpool_heatmap is None else np.asarray(maxpool_heatmap)
+            return [
+                self.decode(heatmap[i], paf[i], None if mp is None else mp[i], layout, output_scale)
+                for i in range(heatmap.shape[0])
+            ]
+        return self.decode(heatmap, paf, maxpool_heatmap, layout, output_scale)
+
+    def decode(
+        self,
+        heatmap: Any,
+        paf: Any,
+        maxpool_heatmap: Any = None,
+        layout: str = "chw",
+        output_scale: Any = None,
+    ) -> list[Skeleton]:
+        """Decode one image's maps; skeletons sorted by descending score."""
+        return self.trace(heatmap, paf, maxpool_heatmap, layout, output_scale).skeletons
+
+    def trace(
+        self,
+        heatmap: Any,
+        paf: Any,
+        maxpool_heatmap: Any = None,
+        layout: str = "chw",
+        output_scale: Any = None,
+    ) -> DecodeTrace:
+        """Decode one image and keep every intermediate step (see ``DecodeTrace``)."""
+        m = self._prepare(heatmap, paf, maxpool_heatmap, layout)
+
+        # ---- steps 1-2: candidates above threshold, NMS, confidence, cap per part
+        part, row, col, pflat = self._peaks(m)
+        score = m.pad[pflat].astype(np.float64)  # (P,) peak confidences
+        if not np.isfinite(score).all():  # +inf peaks (NaN never is one)
+            score = np.minimum(score, 1.0)
+        if part.size and np.bincount(part).max() > self.max_peaks_per_part:
+            part, row, col, pflat, score = _cap(
+                part, row, col, pflat, score, self.max_peaks_per_part
+            )
+        if not m.sorted and part.size > 1:  # group peaks by part (CHW flat order already is)
+            order = np.argsort(part, kind="stable")
+            part, row, col, pflat, score = (
+                part[order],
+                row[order],
+                col[order],
+                pflat[order],
+                score[order],
+            )
+
+        # ---- step 8, for every peak up front (a few gathers): sub-pixel positions (u, v)
+        xy = np.empty((part.size, 2))  # (P, 2) map index coordinates
+        xy[:, 0], xy[:, 1] = col, row
+        if self.refine_parts_coordinates and part.size:
+            xy += self._refine(m, pflat)
+
+        # ---- steps 3-4: every candidate pair of every edge, scored on the PAF at once
+        ce, ca, cb, cscore, ccount, cok = self._score_edges(m, part, xy)
+
+        # ---- step 5: greedy matching by descending edge score
+        okidx = np.flatnonzero(cok)
+        okidx = okidx[np.argsort(-cscore[okidx], kind="stable")]
+        root, accepted = _greedy_union(ca[okidx].tolist(), cb[okidx].tolist(), part.tolist())
+        accepted = okidx[accepted]
+
+        # ---- steps 6-7, 9: objects, merge split graphs, filters, output scaling
+        skeletons = self._objects(
+            part, score, xy, root, ca[accepted], cscore[accepted], m.h, m.w, output_scale
+        )
+        return DecodeTrace(
+            part, row, col, score, xy, ce, ca, cb, cscore, ccount, cok, accepted, skeletons
+        )
+
+    # ------------------------------------------------------------------ steps
+    def _prepare(self, heatmap, paf, maxpool_heatmap, layout) -> _Maps:
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        heatmap, paf = np.asarray(heatmap), np.asarray(paf)
+        k, c = self._k, 2 * self._e
+        if heatmap.ndim != 3:
+            raise ValueError(
+                f"heatmap must be 3-D ({layout}) for one image; got shape {heatmap.shape}"
+            )
+        if paf.ndim != 3:
+            raise ValueError(f"paf must be 3-D ({layout}) for one image; got shape {paf.shape}")
+        chw = layout == "chw"
+        if chw:
+            kh, (h, w), pc, (ph, pw) = (
+                heatmap.shape[0],
+                heatmap.shape[1:],
+                paf.shape[0],
+                paf.shape[1:],
+            )
+        else:
+            kh, (h, w), pc, (ph, pw) = (
+                heatmap.shape[2],
+                heatmap.shape[:2],
+                paf.shape[2],
+                paf.shape[:2],
+            )
+        if kh != k:
+            raise ValueError(
+                f"heatmap {heatmap.shape} ({layout}) has {kh} part channels; topology "
+                f"{self.topology.name!r} has {k} parts"
+            )
+        if pc != c:
+            raise ValueError(
+                f"paf {paf.shape} ({layout}) has {pc} channels; topology {self.topology.name!r} "
+                f"needs 2 x {self._e} edges = {c}"
+            )
+        if (ph, pw) != (h, w):
+            raise ValueError(
+                f"heatmap {heatmap.shape} and paf {paf.shape} ({layout}) differ in H, W"
+            )
+        if h == 0 or w == 0:
+            raise ValueError(f"heatmap {heatmap.shape} ({layout}) is empty")
+        if maxpool_heatmap is not None:
+            maxpool_heatmap = np.asarray(maxpool_heatmap)
+            if maxpool_heatmap.shape != heatmap.shape:
+                raise ValueError(
+                    f"maxpool_heatmap {maxpool_heatmap.shape} must have the heatmap's shape "
+                    f"{heatmap.shape} ({layout})"
+                )
+        dtype = heatmap.dtype if heatmap.dtype in (np.float32, np.float64) else np.float32
+        # the heatmap with a -inf border of r = maxpool_kernel // 2 pixels, in its own layout:
+        # neighbours are then fixed flat offsets with no bounds checks (the border is never a
+        # peak nor beats one)
+        r = self._r
+        hp, wp = h + 2 * r, w + 2 * r
+        if chw:
+            pad = np.empty((k, hp, wp), dtype)
+            pad[:, :r], pad[:, -r:], pad[:, :, :r], pad[:, :, -r:] = (
+                -np.inf,
+                -np.inf,
+                -np.inf,
+                -np.inf,
+            )
+            pad[:, r:-r, r:-r] = heatmap
+            strides = (hp * wp, wp, 1)
+            pstrides = (h * w, w, 1)
+        else:
+            pad = np.empty((hp, wp, k), dtype)
+            pad[:r], pad[-r:], pad[:, :r], pad[:, -r:] = -np.inf, -np.inf, -np.inf, -np.inf
+            pad[r:-r, r:-r] = heatmap
+            strides = (1, wp * k, k)
+            pstrides = (1, w * c, c)
+        offs = self._offs[:, 0] * strides[1] + self._offs[:, 1] * strides[2]
+        return _Maps(
+            pad=pad.reshape(-1),
+            heat=heatmap,
+            maxpool=maxpool_heatmap,
+            paf=_flat(paf),
+            h=h,
+            w=w,
+            chw=chw,
+            strides=strides,
+            paf_strides=pstrides,
+            offsets=offs,
+            sorted=chw,
+        )
+
+    def _peaks(self, m: _Maps):
+        """Steps 1-2: (part, row, col, padded flat index) of the NMS peaks above threshold."""
+        thr = self.threshold_heatmap
+        if m.maxpool is not None:
+            # Isaac's NMS: equality with the max-pooled heatmap computed inside the exported graph
+            heat = m.heat if m.chw else m.heat.transpose(2, 0, 1)
+            mp = m.maxpool if m.chw else m.maxpool.transpose(2, 0, 1)
+            part, row, col = np.nonzero((heat > thr) & (heat == mp))  # NaN compares False
+            if part.size > self.max_peaks_per_part * self._k:
+                sel = _cap_index(part, heat[part, row, col], 4 * self.max_peaks_per_part)
+                part, row, col = part[sel], row[sel], col[sel]
+            m.sorted = True
+            pflat = self._to_pad(m, part, row, col)
+            if pflat.size:  # plateau tie-break, as in the own NMS below
+                before = m.pad[pflat[:, None] + m.offsets[self._before]]
+                keep = m.pad[pflat] > np.fmax.reduce(before, axis=1, initial=-np.inf)
+                part, row, col, pflat = part[keep], row[keep], col[keep], pflat[keep]
+            return part, row, col, pflat
+        cand = np.flatnonzero(m.pad > thr)  # (M,) NaN and the -inf border compare False
+        if cand.size > m.heat.size * _SPARSE_FRACTION:
+            return self._dense_nms(m)
+        nb = m.pad[cand[:, None] + m.offsets]  # (M, k*k-1) neighbour values
+        v = m.pad[cand]
+        keep = (v > np.fmax.reduce(nb[:, self._before], axis=1, initial=-np.inf)) & (
+            v >= np.fmax.reduce(nb[:, ~self._before], axis=1, initial=-np.inf)
+        )
+        pflat = cand[keep]
+        part, row, col = self._from_pad(m, pflat)
+        return part, row, col, pflat
+
+    def _to_pad(self, m: _Maps, part, row, col):
+        sk, sr, sc = m.strides
+        return part * sk + (row + self._r) * sr + (col + self._r) * sc
+
+    def _from_pad(self, m: _Maps, pflat):
+        sk, sr, sc = m.strides
+        if m.chw:
+            part, rem = np.divmod(pflat, sk)
+            row, col = np.divmod(rem, sr)
+        else:
+            row, rem = np.divmod(pflat, sr)
+            col, part = np.divmod(rem, sc)
+        return part, row - self._r, col - self._r
+
+    def _dense_nms(self, m: _Maps):
+        """Whole-map NMS with the plateau tie-break, for maps with too many candidates."""
+        k, h, w, r = self._k, m.h, m.w, self._r
+        p = m.pad.reshape((k, h + 2 * r, w + 2 * r) if m.chw else (h + 2 * r, w + 2 * r, k))
+        if not m.chw:
+            p = p.transpose(2, 0, 1)  # view (K, H+2r, W+2r)
+        p = np.where(np.isnan(p), -np.inf, p)  # NaN neighbours do not suppress
+        here = p[:, r : r + h, r : r + w]
+        peak = here > self.threshold_heatmap
+        for (dr, dc), before in zip(self._offs.tolist(), self._before.tolist(), strict=True):
+            there = p[:, r + dr : r + dr + h, r + dc : r + dc + w]
+            peak &= (here > there) if before else (here >= there)
+        part, row, col = np.nonzero(peak)  # in part order
+        m.sorted = True
+        return part, row, col, self._to_pad(m, part, row, col)
+
+    def _refine(self, m: _Maps, pflat):
+        """(P, 2) sub-pixel offsets (du, dv) in [-0.5, 0.5] from the heatmap around each peak."""
+        sk, sr, sc = m.strides
+        if self.refine_method == "centroid":
+            offs = np.array([(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)], np.intp)
+            vals = m.pad[pflat[:, None] + offs[:, 0] * sr + offs[:, 1] * sc].astype(np.float64)
+            wts = np.where(vals > 0, vals, 0.0)  # -inf border, NaN and negatives weigh nothing
+            wts = np.minimum(wts, 1e30)
+            tot = np.maximum(wts.sum(1), _TINY)
+            out = np.stack([wts @ offs[:, 1] / tot, wts @ offs[:, 0] / tot], axis=1)
+            return np.clip(out, -0.5, 0.5)
+        # parabola through the log values of the 3x3 cross: exact for a Gaussian peak
+        offs = np.array([0, -sc, -sr, sc, sr], np.intp)  # centre, left, up, right, down
+        vals = m.pad[pflat[:, None] + offs].astype(np.float64)  # (P, 5)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            lv = np.log(np.clip(vals, _TINY, 1e30))
+            minus, plus = lv[:, 1:3], lv[:, 3:5]  # (P, 2): (left, up), (right, down)
+            curv = minus + plus - 2 * lv[:, :1]
+            out = (minus - plus) / (2 * curv)
+            border = np.isinf(vals[:, 1:]).any()  # -inf: a neighbour outside the map
+            if border:
+                out = self._refine_border(vals, lv, curv)
+            out = np.where(curv < 0, out, 0.0) if not border else out
+        return np.clip(np.where(np.isnan(out), 0.0, out), -0.5, 0.5)
+
+    @staticmethod
+    def _refine_border(vals, lv, curv):
+        """Quadratic refinement where some peaks touch the map border (one side missing)."""
+        inside = ~np.isneginf(vals[:, 1:])  # (P, 4): left, up, right, down
+        both = inside[:, :2] & inside[:, 2:]  # (P, 2) per axis
+        # an isotropic Gaussian has one curvature: borrow the other axis's at a border
+        c = np.where(both, curv, np.nan)
+        c = np.where(both, c, c[:, ::-1])
+        c0, minus, plus = lv[:, :1], lv[:, 1:3], lv[:, 3:5]
+        slope = np.where(
+            both, (plus - minus) / 2, np.where(inside[:, 2:], plus - c0 - c / 2, c0 - minus + c / 2)
+        )
+        one = inside[:, :2] | inside[:, 2:]
+        return np.where((c < 0) & one, -slope / c, 0.0)
+
+    def _score_edges(self, m: _Maps, part, xy):
+        """Steps 3-4 for every candidate pair of every edge at once.
+
+        Positions are the (refined) peak positions ``xy`` (P, 2), so the edge direction is the
+        parts' true direction rather than that of their rounded pixels. A limb shorter than one
+        map pixel has its field within a pixel of its midpoint, not along a resolvable segment:
+        such a candidate scores the best dot product in the 3x3 window around its midpoint for
+        every sample.
+        """
+        pk, pr, pc = m.paf_strides
+        counts = np.bincount(part, minlength=self._k)
+        starts = np.cumsum(counts) - counts
+        na, nb = counts[self._ea], counts[self._eb]
+        npairs = na * nb  # (E,)
+        total = int(npairs.sum())
+        if total == 0:
+            z = np.zeros(0, np.intp)
+            return z, z, z, np.zeros(0), z, np.zeros(0, bool)
+        eid = np.repeat(self._eidx, npairs)  # (T,) edge of each candidate
+        local = np.arange(total) - np.repeat(np.cumsum(npairs) - npairs, npairs)
+        nbe = nb[eid]
+        ia = starts[self._ea][eid] + local // nbe  # (T,) from-peak
+        ib = starts[self._eb][eid] + local % nbe  # (T,) to-peak
+        pa = xy[ia]  # (T, 2)
+        d = xy[ib] - pa
+        length = np.sqrt((d * d).sum(1))
+        unit = d / np.maximum(length, _TINY)[:, None]  # (T, 2)
+        # (T, S) sample pixels on the segment, rounded to the nearest pixel (all inside the map)
+        t = self._t
+        sx = np.rint(pa[:, :1] + d[:, :1] * t)
+        sy = np.rint(pa[:, 1:] + d[:, 1:] * t)
+        np.clip(sx, 0, m.w - 1, out=sx)  # refined positions reach half a pixel past the map
+        np.clip(sy, 0, m.h - 1, out=sy)
+        off = (sy * pr + sx * pc).astype(np.intp)
+        chx, chy = (self._pafx * pk)[eid], (self._pafy * pk)[eid]
+        vx, vy = m.paf[chx[:, None] + off], m.paf[chy[:, None] + off]
+        dot = vx * unit[:, :1] + vy * unit[:, 1:]  # (T, S) PAF . unit edge vector
+        short = np.flatnonzero((length < 1.0) & (length > 0))
+        if short.size:
+            dot[short] = self._short_dot(
+                m, pa[short] + d[short] / 2, unit[short], chx[short], chy[short]
+            )[:, None]
+        score = dot.mean(1)
+        if not np.isfinite(score).all():  # NaN/inf in the PAF: no evidence there
+            dot = np.where(np.isnan(dot), 0.0, np.clip(dot, -1.0, 1.0))
+            score = dot.mean(1)
+        count = (dot > self.threshold_edge_score).sum(1)
+        ok = (count > self.threshold_edge_sampling_counter) & (length > 0)
+        return eid, ia, ib, score, count, ok
+
+    def _short_dot(self, m: _Maps, mid, unit, chx, chy):
+        """(n,) best PAF . unit over the 3x3 window around each short limb's midpoint."""
+        _, pr, pc = m.paf_strides
+        win = np.arange(-1, 2)
+        cx = np.clip(np.rint(mid[:, :1]) + win, 0, m.w - 1)  # (n, 3)
+        cy = np.clip(np.rint(mid[:, 1:]) + win, 0, m.h - 1)
+        off = (cy[:, :, None] * pr + cx[:, None, :] * pc).reshape(len(mid), 9).astype(np.intp)
+        vx, vy = m.paf[chx[:, None] + off], m.paf[chy[:, None] + off]
+        return np.max(vx * unit[:, :1] + vy * unit[:, 1:], axis=1)
+
+    def _objects(self, part, score, xy, root, acc_a, acc_score, h, w, output_scale):
+        """Steps 6-7 and 9: objects from the union-find roots, merged, filtered, scaled."""
+        k = self._k
+        if part.size == 0:
+            return []
+        is_root = root == np.arange(part.size)
+        obj = (np.cumsum(is_root) - 1)[root]  # (P,) object of each peak
+        nobj = int(is_root.sum())
+        peak_of = np.full((nobj, k), -1, np.intp)  # (O, K) peak index per part
+        peak_of[obj, part] = np.arange(part.size)
+        part_sum = np.bincount(obj, weights=score, minlength=nobj)
+        edge_sum = np.bincount(obj[acc_a], weights=acc_score, minlength=nobj)
+        if nobj > 1 and self.threshold_split_score > 0:
+            peak_of, part_sum, edge_sum = self._merge_split(peak_of, part_sum, edge_sum, score, xy)
+        nparts = (peak_of >= 0).sum(1)
+        oscore = (part_sum + edge_sum) / self._norm
+        keep = np.flatnonzero(
+            (nparts > self.threshold_part_counter) & (oscore >= self.threshold_object_score)
+        )
+        if keep.size == 0:
+            return []
+        keep = keep[np.argsort(-oscore[keep], kind="stable")]
+        rows, cols = _as_scale(output_scale, "output_scale") or self.output_scale or (h, w)
+        pk = peak_of[keep]  # (O', K)
+        has = pk >= 0
+        kp = np.full(pk.shape + (3,), np.nan)
+        kp[..., 2] = 0.0
+        sel = pk[has]
+        kp[has, :2] = (xy[sel] + 0.5) * (cols / w, rows / h)
+        kp[has, 2] = score[sel]
+        return [
+            Skeleton(kp[i], float(oscore[o]), int(nparts[o]), pk[i])
+            for i, o in enumerate(keep.tolist())
+        ]
+
+    def _merge_split(self, peak_of, part_sum, edge_sum, score, xy):
+        """Step 6: merge objects whose common parts are all within threshold_split_score."""
+        has = peak_of >= 0  # (O, K)
+        pos = xy[peak_of]  # (O, K, 2); rows of missing parts are junk, masked below
+        pos[~has] = np.nan
+        d2 = ((pos[:, None] - pos[None, :]) ** 2).sum(-1)  # (O, O, K), NaN unless common
+        near = ~(d2 > self.threshold_split_score**2).any(-1) & (d2 >= 0).any(-1)
+        pairs = np.argwhere(np.triu(near, 1))
+        if pairs.size == 0:
+            return peak_of, part_sum, edge_sum
+        peak_of, part_sum, edge_sum = peak_of.copy(), part_sum.copy(), edge_sum.copy()
+        alive = np.ones(len(peak_of), bool)
+        lim = self.threshold_split_score
+        for i, j in pairs.tolist():
+            if not (alive[i] and alive[j]):
+                continue
+            a, b = peak_of[i], peak_of[j]
+            both = (a >= 0) & (b >= 0)
+            if np.any(np.hypot(*(xy[a[both]] - xy[b[both]]).T) > lim):
+                continue  # an earlier merge moved a common part away
+            # keep the stronger peak of each common part; drop the weaker one's confidence
+            sa, sb = np.where(a >= 0, score[a], -1.0), np.where(b >= 0, score[b], -1.0)
+            take_b = (b >= 0) & ((a < 0) | (sb > sa))
+            peak_of[i] = np.where(take_b, b, a)
+            part_sum[i] += part_sum[j] - np.where(both, np.minimum(sa, sb), 0.0).sum()
+            edge_sum[i] += edge_sum[j]
+            alive[j] = False
+        return peak_of[alive], part_sum[alive], edge_sum[alive]
+
+
+@dataclass
+class _Maps:
+    """One image's maps, prepared: padded heatmap and flat PAF with their strides."""
+
+    pad: np.ndarray  # flat heatmap with a -inf border (maxpool_kernel // 2), input layout
+    heat: np.ndarray  # the heatmap as given, 3-D
+    maxpool: np.ndarray | None  # maxpool_heatmap as given, or None
+    paf: np.ndarray  # flat PAF, input layout
+    h: int
+    w: int
+    chw: bool
+    strides: tuple[int, int, int]  # (part, row, col) element strides of ``pad``
+    paf_strides: tuple[int, int, int]  # (channel, row, col) element strides of ``paf``
+    offsets: np.ndarray  # flat offsets of the NMS window's neighbours in ``pad``
+    sorted: bool  # peaks come out grouped by part
+
+
+# ---------------------------------------------------------------------- helpers
+def _flat(a: np.ndarray) -> np.ndarray:
+    """Contiguous 1-D view (copy only if needed); float16/ints become float32."""
+    if a.dtype not in (np.float32, np.float64):
+        a = a.astype(np.float32)
+    return np.ascontiguousarray(a).reshape(-1)
+
+
+def _as_scale(value: Any, name: str) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    vals = list(value)
+    if len(vals) != 2 or not all(float(v) > 0 and math.isfinite(float(v)) for v in vals):
+        raise ValueError(f"{name} must be [rows, cols] with positive sizes, got {value!r}")
+    return float(vals[0]), float(vals[1])
+
+
+def _cap_index(part: np.ndarray, score: np.ndarray, cap: int) -> np.ndarray:
+    """Sorted indices of the ``cap`` best entries of each part (ties: earlier first)."""
+    score = np.where(np.isnan(score), -np.inf, score)
+    order = np.lexsort((-score, part))
+    part_o = part[order]
+    counts = np.bincount(part_o)
+    rank = np.arange(part_o.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    return np.sort(order[rank < cap])
+
+
+def _cap(part, row, col, flat, score, cap):
+    """Keep the ``cap`` best peaks of each part."""
+    sel = _cap_index(part, score, cap)
+    return part[sel], row[sel], col[sel], flat[sel], score[sel]
+
+
+def _greedy_union(cand_a: list[int], cand_b: list[int], part: list[int]):
+    """Greedy matching over edges sorted by score: join two objects unless a part would repeat.
+
+    Returns each peak's root (object id) and the positions of the accepted edges.
+    """
+    parent = list(range(len(part)))
+    mask = [1 << p for p in part]
+    accepted = []
+    for i, (a, b) in enumerate(zip(cand_a, cand_b, strict=True)):
+        ra = a
+        while parent[ra] != ra:
+            ra = parent[ra]
+        rb = b
+        while parent[rb] != rb:
+            rb = parent[rb]
+        parent[a], parent[b] = ra, rb  # shorten later walks
+        if ra == rb or mask[ra] & mask[rb]:
+            continue
+        parent[rb] = ra
+        mask[ra] |= mask[rb]
+        accepted.append(i)
+    root = np.asarray(parent, dtype=np.intp)
+    if root.size:
+        while True:  # pointer jumping to the roots
+            nxt = root[root]
+            if np.array_equal(nxt, root):
+                break
+            root = nxt
+    return root, np.asarray(accepted, dtype=np.intp)
