@@ -77,7 +77,7 @@ def write_coco_set(root, n_train: int = 8, n_val: int = 4, hw=(64, 64), seed: in
     for split, n in (("train2017", n_train), ("val2017", n_val)):
         (root / split).mkdir(exist_ok=True)
         images, anns = [], []
-        for i in range(n):
+        for _ in range(n):
             image_id = next_id
             next_id += 1
             xy = np.stack(
@@ -125,3 +125,26 @@ def write_coco_set(root, n_train: int = 8, n_val: int = 4, hw=(64, 64), seed: in
         path = root / "annotations" / f"person_keypoints_{split}_modified.json"
         path.write_text(json.dumps(doc))
     return root
+
+
+def train_args(data_root, out_dir, *extra: str) -> list[str]:
+    """`python -m train` overrides: tiny model on the write_coco_set data, 2 short epochs."""
+    return [
+        "model=tiny",
+        "data=coco",
+        f"data.root={data_root}",
+        "data.input_size=[64,64]",
+        "data.augment=null",
+        "data.batch_size=1",
+        "data.num_workers=0",
+        "epochs=2",
+        "steps_per_epoch=3",
+        "val_every=0",
+        "log_every=1",
+        "image_every=0",
+        "optimizer.lr=0.003",
+        "threads=1",
+        f"out_dir={out_dir}",
+        f"hydra.run.dir={out_dir}/hydra",
+        *extra,
+    ]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests._train_data import write_coco_set
+from tests._train_data import train_args, write_coco_set
 from train.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,28 +28,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def train_args(data_root: Path, out_dir: Path, *extra: str) -> list[str]:
-    return [
-        "model=tiny",
-        "data=coco",
-        f"data.root={data_root}",
-        "data.input_size=[64,64]",
-        "data.augment=null",
-        "data.batch_size=1",
-        "data.num_workers=0",
-        "epochs=2",
-        "steps_per_epoch=3",
-        "val_every=0",
-        "log_every=1",
-        "image_every=0",
-        "optimizer.lr=0.003",
-        "threads=1",
-        f"out_dir={out_dir}",
-        f"hydra.run.dir={out_dir}/hydra",
-        *extra,
-    ]
 
 
 def _env() -> dict[str, str]:

@@ -127,3 +127,49 @@ def test_stride_mismatch_is_a_clear_error(tmp_path):
     cfg["targets"]["stride"] = 8
     with pytest.raises(ValueError, match="targets.stride=8 but model.stride=4"):
         run(cfg, train_set=TinyPoseSet(4))
+
+
+def test_sigkill_mid_epoch_then_resume(tmp_path):
+    """kill -9 a training process during epoch 1; the rerun resumes from last.pth and finishes,
+    and every checkpoint file on disk loads at every point."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests._train_data import train_args, write_coco_set
+
+    data = write_coco_set(tmp_path / "coco", n_train=48, n_val=2)
+    out = tmp_path / "run"
+    args = train_args(
+        data, out, "epochs=3", "steps_per_epoch=null", "data.batch_size=2", "data.num_workers=1"
+    )
+    cmd = [sys.executable, "-m", "train", *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    repo = Path(__file__).resolve().parent.parent
+    first = subprocess.Popen(
+        cmd, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    last = out / "last.pth"
+    deadline = time.monotonic() + 120
+    while not last.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert last.exists(), "no checkpoint after epoch 0"
+    os.kill(first.pid, signal.SIGKILL)  # now inside epoch 1 (24 steps to go)
+    first.wait(timeout=30)
+    assert first.returncode == -signal.SIGKILL
+    for p in out.glob("*.pth"):
+        load_checkpoint(p)  # never truncated
+    assert load_checkpoint(last)["epoch"] == 0, "killed process got past epoch 1"
+
+    second = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed from" in second.stderr + second.stdout
+    summary = __import__("json").loads((out / "summary.json").read_text())
+    assert [e["epoch"] for e in summary["epochs"]] == [1, 2]
+    assert summary["step"] == 3 * 24
+    for p in out.glob("*.pth"):
+        load_checkpoint(p)
+    assert load_checkpoint(last)["epoch"] == 2
+    assert not list(out.glob(".*.tmp"))

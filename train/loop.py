@@ -424,9 +424,8 @@ def _decode_to_coco(
     ctx: Context,
 ) -> list[dict]:
     """Decode a batch and map skeletons from input pixels back to original-image pixels."""
-    from inference.cocoeval import skeletons_to_coco
-
     from datasets.geometry import apply, invert
+    from inference.cocoeval import skeletons_to_coco
 
     heat_np = heat.float().cpu().numpy()
     paf_np = paf.float().cpu().numpy()
@@ -580,6 +579,8 @@ def _run(cfg, dist, out_dir, train_set, val_set, collate_fn) -> dict[str, Any]:
     writer = None
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob(".*.tmp"):  # a write that a kill interrupted; never a checkpoint
+            stale.unlink(missing_ok=True)
         _atomic_write_text(out / "config.yaml", _yaml(cfg))
         from torch.utils.tensorboard import SummaryWriter
 
