@@ -1,0 +1,404 @@
+"""COCO-format keypoint dataset: augmented image, keypoints, ignore mask and (optionally) targets.
+
+One sample, for an input of size (H, W) at output stride s:
+
+* ``image``: float32 (3, H, W), RGB in [0, 1]. Not mean/std normalised: the model normalises
+  inside (mean/std live in the model config and travel to the ONNX graph), so this pipeline and
+  every runtime feed the same [0, 1] RGB.
+* ``keypoints``: float32 (N, K, 3), (x, y, v) in input pixels (centres at +0.5), one row per
+  object with at least one labelled keypoint. Keypoints that the augmentation moves outside the
+  input keep their coordinates and visibility; the target renderers skip anything outside the
+  map, so they need no special value. Unlabelled keypoints (v = 0) are written as (0, 0, 0).
+* ``mask``: float32 (H/s, W/s) loss weights: 1 train, 0 ignore (crowd regions and people without
+  labelled keypoints: ``datasets.targets.ignore_mask``), fractional at region borders.
+* ``heatmap`` (K, H/s, W/s) and ``paf`` (2E, H/s, W/s) float32 when ``render_targets``; with
+  ``data.targets_on_device=true`` the trainer renders them per batch instead.
+* ``image_id`` int, ``matrix`` float64 (2, 3): original image -> input affine (the inverse maps
+  predictions back).
+
+Speed: each sample is decoded and warped once. The augmentation is composed into one matrix
+(``datasets.augment``); when that matrix shrinks the image enough, the JPEG is decoded at 1/2, 1/4
+or 1/8 size by libjpeg's scaled IDCT (``cv2.IMREAD_REDUCED_COLOR_*``), which is much cheaper than a
+full decode, and the reduction is folded into the warp matrix.
+
+Bad images: a missing, corrupt or truncated file, or one whose size disagrees with its record,
+gives a warning (once per image), is counted in ``num_bad`` (per process: each loader worker
+keeps its own count), and another sample is returned, so training goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from datasets.augment import AugmentConfig, color_matrix, flip_keypoints, max_scale, sample_affine
+from datasets.geometry import ASPECT_POLICIES, compose, cv2_matrix
+from datasets.neck import add_neck
+from datasets.targets import (
+    TargetConfig,
+    ignore_mask,
+    mask_to_weights,
+    pad_keypoints,
+    render_targets,
+)
+from datasets.topology import Topology
+
+log = logging.getLogger(__name__)
+
+_REDUCED = {
+    1: cv2.IMREAD_COLOR,
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
+# COCO's width/height describe the stored pixels; EXIF rotation would disagree with them
+_NO_EXIF = cv2.IMREAD_IGNORE_ORIENTATION
+
+
+class BadImage(Exception):
+    """An image file that cannot be used (missing, corrupt, truncated, wrong size)."""
+
+
+def _coco17_plus_neck(category_keypoints: Sequence[str], topology: Topology) -> bool:
+    labels = list(topology.labels)
+    return (
+        len(category_keypoints) == 17
+        and labels[:17] == list(category_keypoints)
+        and labels[17:] == ["neck"]
+    )
+
+
+class CocoKeypoints(Dataset):
+    """Keypoint samples from a COCO-format file whose category matches ``topology``.
+
+    The file may be preprocessed (``datasets.preprocess``) or raw COCO person keypoints: a
+    17-keypoint COCO person category with the coco18 topology gets the neck added on load
+    (``datasets.neck.add_neck``, the same rule as preprocessing).
+
+    ``augment=None`` is evaluation mode: the image is only fitted into the input (``aspect``).
+    """
+
+    def __init__(
+        self,
+        annotations: str | Path,
+        images: str | Path,
+        topology: Topology,
+        input_size: Sequence[int] = (224, 224),
+        targets: TargetConfig | None = None,
+        augment: Mapping[str, Any] | AugmentConfig | None = None,
+        aspect: str = "squash",
+        render_targets: bool = True,
+        skip_empty: bool = True,
+        max_upsample: float = 1.0,
+        category: str | int | None = None,
+    ) -> None:
+        self.annotations_path = Path(annotations)
+        self.images_dir = Path(images)
+        self.topology = topology
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.targets = targets = targets or TargetConfig()
+        self.augment = (
+            augment
+            if isinstance(augment, AugmentConfig) or augment is None
+            else AugmentConfig.from_config(augment)
+        )
+        if aspect not in ASPECT_POLICIES:
+            raise ValueError(f"aspect must be one of {ASPECT_POLICIES}, got {aspect!r}")
+        self.aspect = aspect
+        self.render_targets = render_targets
+        self.max_upsample = float(max_upsample)
+        h, w = self.input_size
+        if h % targets.stride or w % targets.stride:
+            raise ValueError(f"input_size {[h, w]} must be divisible by stride {targets.stride}")
+        self.map_size = (h // targets.stride, w // targets.stride)
+        self.flip_perm = topology.flip_permutation()
+        self.num_bad = 0  # samples replaced because their image was unusable (this process)
+        self._warned: set[int] = set()
+        self.timings: dict[str, float] | None = None  # set to {} to accumulate stage seconds
+        self._load(category, skip_empty)
+
+    # ------------------------------------------------------------------ index
+    def _load(self, category: str | int | None, skip_empty: bool) -> None:
+        if not self.annotations_path.is_file():
+            raise FileNotFoundError(f"annotation file {self.annotations_path} not found")
+        with open(self.annotations_path) as f:
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{self.annotations_path} is not valid JSON: {e}") from e
+        cat, add = self._pick_category(data.get("categories", []), category)
+        k = self.topology.num_parts
+        per_image: dict[int, tuple[list[np.ndarray], list[dict]]] = {}
+        for ann in data.get("annotations", []):
+            if ann.get("category_id") != cat["id"]:
+                continue
+            kps, ignore = per_image.setdefault(ann["image_id"], ([], []))
+            raw = ann.get("keypoints") or []
+            labelled = any(v > 0 for v in raw[2::3])
+            if ann.get("iscrowd", 0) or not labelled:
+                ignore.append(ann)  # ignore_mask decides from iscrowd / num_keypoints
+                continue
+            kp = np.asarray(raw, np.float32).reshape(-1, 3)
+            if add:
+                kp = add_neck(kp).astype(np.float32)
+            if kp.shape != (k, 3):
+                raise ValueError(
+                    f"{self.annotations_path}: annotation id {ann.get('id')} has "
+                    f"{len(raw)} keypoint numbers, expected {3 * k} for topology "
+                    f"{self.topology.name!r}"
+                )
+            kps.append(kp)
+        self.records = []
+        for img in data.get("images", []):
+            kps, ignore = per_image.get(img["id"], ([], []))
+            if skip_empty and not kps:
+                continue
+            keypoints = np.stack(kps) if kps else np.zeros((0, k, 3), np.float32)
+            keypoints[keypoints[..., 2] <= 0] = 0.0
+            self.records.append(
+                {
+                    "id": int(img["id"]),
+                    "file": self.images_dir / img["file_name"],
+                    "hw": (int(img["height"]), int(img["width"])),
+                    "keypoints": keypoints,
+                    "ignore": ignore,
+                }
+            )
+        if not self.records:
+            raise ValueError(
+                f"{self.annotations_path}: no images with labelled {cat.get('name')!r} objects"
+            )
+
+    def _pick_category(
+        self, categories: list[dict], category: str | int | None
+    ) -> tuple[dict, bool]:
+        """The keypoint category to read, and whether the neck must be added on load."""
+        cats = [c for c in categories if c.get("keypoints")]
+        if category is not None:
+            cats = [c for c in cats if category in (c.get("name"), c.get("id"))]
+        labels = list(self.topology.labels)
+        for c in cats:
+            if list(c["keypoints"]) == labels:
+                return c, False
+        for c in cats:
+            if _coco17_plus_neck(c["keypoints"], self.topology):
+                log.info("%s: adding the neck on load (17 COCO keypoints)", self.annotations_path)
+                return c, True
+        raise ValueError(
+            f"{self.annotations_path}: no keypoint category with the labels of topology "
+            f"{self.topology.name!r} ({labels}); categories: "
+            f"{[(c.get('name'), c.get('keypoints')) for c in categories]}"
+        )
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    # ------------------------------------------------------------------ samples
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
+        tries = min(len(self), 50)
+        for _ in range(tries):
+            try:
+                return self._sample(index, rng)
+            except BadImage as e:
+                self.num_bad += 1
+                rec = self.records[index]
+                if rec["id"] not in self._warned:
+                    self._warned.add(rec["id"])
+                    warnings.warn(
+                        f"skipping image id {rec['id']} ({e}); {self.num_bad} bad so far",
+                        stacklevel=2,
+                    )
+                # training: a random replacement; evaluation: the next image, deterministically
+                index = (
+                    int(rng.integers(len(self)))
+                    if self.augment is not None
+                    else (index + 1) % len(self)
+                )
+        raise RuntimeError(
+            f"{self.annotations_path}: {tries} unusable images in a row under "
+            f"{self.images_dir}; are the images there?"
+        )
+
+    def _tick(self, stage: str, t0: float) -> float:
+        t1 = time.perf_counter()
+        if self.timings is not None:
+            self.timings[stage] = self.timings.get(stage, 0.0) + (t1 - t0)
+        return t1
+
+    def _sample(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
+        rec = self.records[index]
+        t = time.perf_counter()
+        h, w = rec["hw"]
+        hi, wi = self.input_size
+        matrix, flipped = sample_affine((h, w), self.input_size, self.aspect, self.augment, rng)
+        # the largest 1/r decode whose pixels the warp magnifies at most max_upsample times
+        stretch = max_scale(matrix)
+        r = 1
+        while r < 8 and 2 * r * stretch <= self.max_upsample:
+            r *= 2
+        t = self._tick("sample", t)
+        image = self._decode(rec, r)
+        t = self._tick("decode", t)
+
+        reduced = compose(matrix, np.array([[r, 0.0, 0.0], [0.0, r, 0.0]]))
+        warped = cv2.warpAffine(
+            image,
+            cv2_matrix(reduced),
+            (wi, hi),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=(0, 0, 0),
+        )
+        mean = None
+        if self.augment is not None and self.augment.contrast:
+            mean = np.array(cv2.mean(warped)[2::-1])  # RGB mean of the BGR image
+        rgb = cv2.transform(warped, color_matrix(self.augment, rng, mean))
+        image_t = torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255.0)  # (3, H, W)
+        t = self._tick("warp", t)
+
+        if rec["ignore"]:
+            full = self._ignore_mask(rec)
+            mask_in = cv2.warpAffine(
+                full * np.uint8(255), cv2_matrix(matrix), (wi, hi), flags=cv2.INTER_LINEAR
+            )
+            weights = mask_to_weights(mask_in.astype(np.float32) / 255.0, self.map_size)
+        else:
+            weights = np.ones(self.map_size, np.float32)
+        t = self._tick("mask", t)
+
+        kp = rec["keypoints"].copy()  # (N, K, 3) original pixels
+        if len(kp):
+            kp[..., :2] = kp[..., :2] @ matrix[:, :2].T.astype(np.float32) + matrix[:, 2]
+            if flipped:
+                kp = flip_keypoints(kp, self.flip_perm)
+            kp[kp[..., 2] <= 0] = 0.0
+        kp = np.ascontiguousarray(kp, dtype=np.float32)
+        sample = {
+            "image": image_t,
+            "keypoints": torch.from_numpy(kp),
+            "mask": torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32)),
+            "image_id": rec["id"],
+            "matrix": torch.from_numpy(matrix.astype(np.float64)),
+        }
+        t = self._tick("keypoints", t)
+        if self.render_targets:
+            heat, paf = render_targets(kp, self.topology, self.map_size, self.targets)
+            sample["heatmap"] = torch.from_numpy(heat)  # (K, H/s, W/s)
+            sample["paf"] = torch.from_numpy(paf)  # (2E, H/s, W/s)
+            self._tick("targets", t)
+        return sample
+
+    def _ignore_mask(self, rec: dict[str, Any]) -> np.ndarray:
+        """(h, w) uint8 ignore mask of the original image (``datasets.targets.ignore_mask``).
+
+        Rasterising every polygon again costs more than the rest of the sample, so the mask is
+        kept per image as one compressed RLE (a few hundred bytes) and decoded on later visits.
+        """
+        from pycocotools import mask as mask_utils
+
+        rle = rec.get("ignore_rle")
+        if rle is None:
+            h, w = rec["hw"]
+            full = ignore_mask(rec["ignore"], h, w)
+            rec["ignore_rle"] = mask_utils.encode(np.asfortranarray(full))
+            return full
+        return mask_utils.decode(rle)
+
+    def _decode(self, rec: Mapping[str, Any], r: int) -> np.ndarray:
+        """BGR uint8 image decoded at 1/r size; raises BadImage."""
+        path = rec["file"]
+        try:
+            buf = np.fromfile(path, np.uint8)
+        except OSError as e:
+            raise BadImage(f"cannot read {path}: {e.strerror or e}") from None
+        # libjpeg decodes a truncated file into a grey-filled image with only a stderr warning,
+        # so check for the end-of-image marker (entropy-coded data never contains FF D9)
+        if buf[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in buf[-1024:].tobytes():
+            raise BadImage(f"{path} is truncated (no JPEG end marker)")
+        image = cv2.imdecode(buf, _REDUCED[r] | _NO_EXIF)
+        if image is None:
+            raise BadImage(f"{path} is not a decodable image")
+        h, w = rec["hw"]
+        if image.shape[:2] != (math.ceil(h / r), math.ceil(w / r)):
+            raise BadImage(
+                f"{path} is {image.shape[1] * r}x{image.shape[0] * r} (1/{r} decode "
+                f"{image.shape[1]}x{image.shape[0]}) but its record says {w}x{h}"
+            )
+        return image
+
+
+# --------------------------------------------------------------------------- batching
+def collate(samples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+    """Stack samples; keypoints are padded to (B, max N, K, 3) with v = 0 (at least 1 slot)."""
+    first = samples[0]
+    k = first["keypoints"].shape[1]
+    out = {
+        "image": torch.stack([s["image"] for s in samples]),  # (B, 3, H, W)
+        "mask": torch.stack([s["mask"] for s in samples]),  # (B, H/s, W/s)
+        "keypoints": pad_keypoints([s["keypoints"] for s in samples], k),  # (B, N, K, 3)
+        "image_id": torch.tensor([int(s["image_id"]) for s in samples], dtype=torch.long),
+        "matrix": torch.stack([s["matrix"] for s in samples]),  # (B, 2, 3) float64
+    }
+    for key in ("heatmap", "paf"):
+        if key in first:
+            out[key] = torch.stack([s[key] for s in samples])  # (B, C, H/s, W/s)
+    return out
+
+
+def _path(p: Any) -> Path:
+    path = Path(str(p)).expanduser()
+    return path if path.is_absolute() else Path.cwd() / path  # no chdir: launch dir
+
+
+def build_dataset(
+    cfg: Mapping[str, Any],
+    split: str,
+    topology: Topology,
+    targets: TargetConfig | Mapping[str, Any] | None = None,
+) -> CocoKeypoints:
+    """The ``split`` ("train" or "val") dataset of a config.
+
+    ``cfg`` is either the whole config (``data`` and ``targets`` nodes) or the ``data`` node alone
+    (then ``targets`` gives the target settings; defaults otherwise). Training augments and, unless
+    ``data.targets_on_device``, renders targets in the workers; "val" only fits the image. A data
+    config with a ``synthetic`` node is generated first when its files are missing.
+    """
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    if "data" in cfg:
+        data = cfg["data"]
+        targets = targets if targets is not None else cfg.get("targets")
+    else:
+        data = cfg
+    if not isinstance(targets, TargetConfig):
+        targets = TargetConfig.from_config(targets)
+    if data.get("synthetic") is not None:
+        from datasets.synthetic import ensure
+
+        ensure(data)
+    train = split == "train"
+    return CocoKeypoints(
+        annotations=_path(data[f"{split}_annotations"]),
+        images=_path(data[f"{split}_images"]),
+        topology=topology,
+        input_size=tuple(data.get("input_size", (224, 224))),
+        targets=targets,
+        augment=AugmentConfig.from_config(data.get("augment")) if train else None,
+        aspect=str(data.get("aspect", "squash")),
+        render_targets=not bool(data.get("targets_on_device", False)),
+        skip_empty=bool(data.get("skip_empty", True)),
+        max_upsample=float(data.get("max_upsample", 1.0)),
+        category=data.get("category"),
+    )
