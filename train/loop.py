@@ -383,6 +383,7 @@ def evaluate(model: nn.Module, loader: DataLoader, ctx: Context, epoch: int) -> 
     limit = cfg.get("val_steps")
     sums = torch.zeros(4, device=ctx.device, dtype=torch.float64)
     results: list[dict[str, Any]] = []
+    image_ids: list[int] = []
     want_ap = bool(cfg.get("val_ap", True)) and ctx.decoder is not None
     first = None
     for i, batch in enumerate(
@@ -397,7 +398,9 @@ def evaluate(model: nn.Module, loader: DataLoader, ctx: Context, epoch: int) -> 
         if first is None:
             first = (images[0], (heat[:1], paf[:1]), heat_t[0])
         if want_ap:
-            results += _decode_to_coco(heat, paf, batch, input_hw, ctx)
+            res, ids = _decode_to_coco(heat, paf, batch, input_hw, ctx)
+            results += res
+            image_ids += ids
     sums = du.all_reduce_sum(sums)
     out = {
         "val_loss": float(sums[0] / sums[3].clamp_min(1)),
@@ -405,9 +408,11 @@ def evaluate(model: nn.Module, loader: DataLoader, ctx: Context, epoch: int) -> 
         "val_loss_paf": float(sums[2] / sums[3].clamp_min(1)),
     }
     if want_ap:
-        gathered = du.all_gather_objects(results)
+        gathered = du.all_gather_objects((results, image_ids))
         if ctx.dist.is_main:
-            out.update(_coco_ap([r for part in gathered for r in part], cfg))
+            res = [r for part in gathered for r in part[0]]
+            ids = [i for part in gathered for i in part[1]]
+            out.update(_coco_ap(res, ids, cfg))
     if ctx.writer is not None:
         for k, v in out.items():
             ctx.writer.add_scalar(f"val/{k}", v, ctx.step)
@@ -422,51 +427,43 @@ def _decode_to_coco(
     batch: Mapping[str, Any],
     input_hw: tuple[int, int],
     ctx: Context,
-) -> list[dict]:
-    """Decode a batch and map skeletons from input pixels back to original-image pixels."""
-    from datasets.geometry import apply, invert
+) -> tuple[list[dict], list[int]]:
+    """Decode a batch; COCO results in original-image pixels, and the batch's image ids."""
+    from datasets.geometry import invert
     from inference.cocoeval import skeletons_to_coco
 
-    heat_np = heat.float().cpu().numpy()
-    paf_np = paf.float().cpu().numpy()
-    out = []
+    heat_np = heat.float().cpu().numpy()  # (B, K, h, w)
+    paf_np = paf.float().cpu().numpy()  # (B, 2E, h, w)
+    results, ids = [], []
     for b in range(heat_np.shape[0]):
+        # decoder output in input pixels; the inverse of the sample's fit maps them to the image
         skels = ctx.decoder(heat_np[b], paf_np[b], output_scale=list(input_hw))
+        image_id = int(batch["image_id"][b])
         back = invert(batch["matrix"][b].numpy())
-        for s in skels:
-            kp = s.keypoints.copy()
-            kp[:, :2] = apply(back, kp[:, :2])
-            s.keypoints = kp
-        out += skeletons_to_coco(
-            skels, int(batch["image_id"][b]), ctx.topology, ctx.cfg["_val_category"]
+        results += skeletons_to_coco(
+            skels, image_id, ctx.topology, ctx.cfg["_val_category"], transform=back
         )
-    return out
+        ids.append(image_id)
+    return results, ids
 
 
-def _coco_ap(results: list[dict], cfg: Mapping[str, Any]) -> dict[str, float]:
-    """COCO keypoint AP/AR of ``results`` against ``data.val_annotations``."""
+def _coco_ap(results: list[dict], image_ids: list[int], cfg: Mapping[str, Any]) -> dict[str, float]:
+    """COCO keypoint AP/AR of ``results`` on ``image_ids`` against ``data.val_annotations``."""
     from inference.cocoeval import evaluate as coco_evaluate
 
-    if not results:
-        log.info("val AP: no detections")
-        return {"val_ap": 0.0, "val_ap50": 0.0, "val_ar": 0.0}
     gt = _cached_coco(str(cfg["data"]["val_annotations"]))
-    stats = coco_evaluate(gt, results)
-    return {"val_ap": float(stats[0]), "val_ap50": float(stats[1]), "val_ar": float(stats[5])}
+    stats = coco_evaluate(gt, results, image_ids=sorted(set(image_ids)), verbose=False)
+    return {"val_ap": stats["AP"], "val_ap50": stats["AP50"], "val_ar": stats["AR"]}
 
 
 _COCO_CACHE: dict[str, Any] = {}
 
 
 def _cached_coco(path: str) -> Any:
-    import contextlib
-    import io
-
-    from pycocotools.coco import COCO
+    from inference.cocoeval import load_coco
 
     if path not in _COCO_CACHE:
-        with contextlib.redirect_stdout(io.StringIO()):
-            _COCO_CACHE[path] = COCO(path)
+        _COCO_CACHE[path] = load_coco(path)
     return _COCO_CACHE[path]
 
 
@@ -673,9 +670,7 @@ def _maybe_decoder(cfg: Mapping[str, Any], topology: Topology) -> Any:
 
 
 def _val_category(cfg: Mapping[str, Any], topology: Topology) -> dict[str, Any]:
-    """The COCO category (keypoint names) of the validation annotations."""
-    gt = _cached_coco(str(cfg["data"]["val_annotations"]))
-    cats = [c for c in gt.loadCats(gt.getCatIds()) if c.get("keypoints")]
-    if not cats:
-        raise ValueError(f"{cfg['data']['val_annotations']}: no category with keypoints")
-    return cats[0]
+    """The COCO keypoint category of the validation annotations."""
+    from inference.cocoeval import person_category
+
+    return person_category(_cached_coco(str(cfg["data"]["val_annotations"])))
