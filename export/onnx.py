@@ -336,12 +336,12 @@ def decoder_config(info: ModelInfo, output_scale: Sequence[int] | None = None) -
     return cfg
 
 
-def write_json(path: str | Path, data: Any) -> Path:
+def write_json(path: str | Path, data: Any, indent: int | None = 2) -> Path:
     """Write JSON atomically (temp file + os.replace)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.write_text(json.dumps(data, indent=indent) + "\n")
     os.replace(tmp, path)
     return path
 

@@ -1,0 +1,368 @@
+"""python -m inference.visualize image=PATH model=MODEL   |   ... image=PATH oracle=true
+
+Pictures of the decoder's steps on one image, as in the Isaac "2D Skeleton Pose Estimation"
+walk-through: the network input, the part heatmaps (one colour per part), their max-pool, the
+NMS peaks (opacity = confidence), the part candidates left by ``threshold_heatmap``, the edge
+candidates, the Part Affinity Field of one edge as arrows (with its two parts' candidates), the
+edges that pass the PAF line-integral thresholds, and the final skeletons. One PNG per step in
+``output`` and ``grid.png`` with all of them.
+
+Maps come from a model (``model=`` any runtime: .onnx, .engine, .pth) or, with ``oracle=true``,
+from the ground truth of a COCO keypoint file (``annotations``/``images``), rendered exactly as
+training targets: the decoder's upper bound, useful to tune its thresholds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import hydra
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from datasets.topology import Topology
+from export.onnx import resolve_path
+from inference.draw import (
+    colorize_maps,
+    darken,
+    draw_paf_arrows,
+    draw_points,
+    draw_segments,
+    draw_skeletons,
+    heatmap_overlay,
+    limb_colors,
+    make_grid,
+    map_to_image,
+    overlay,
+    part_colors,
+    read_rgb,
+    titled,
+    write_rgb,
+)
+
+log = logging.getLogger("inference.visualize")
+
+
+@dataclass
+class Maps:
+    """One image's network input and maps (NCHW without batch), and how to decode them."""
+
+    view: np.ndarray  # (H, W, 3) uint8 network input picture
+    heatmap: np.ndarray  # (K, h, w)
+    paf: np.ndarray  # (2E, h, w)
+    maxpool: np.ndarray | None  # (K, h, w) from the graph, or None (the decoder pools)
+    topology: Topology
+    decoder_params: dict[str, Any]
+    source: str
+
+
+def maps_from_model(image_path: Path, model_path: Path, device: str = "cpu") -> Maps:
+    """Run a model (any runtime) on one image."""
+    from inference.runtime import load_runtime
+
+    rt = load_runtime(model_path, device=device)
+    x, _ = rt.preprocess(read_rgb(image_path))
+    out = rt(x[None])
+    view = (x.transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8)
+    return Maps(
+        view,
+        out["heatmap"][0],
+        out["part_affinity_fields"][0],
+        out["maxpool_heatmap"][0],
+        rt.info.topology,
+        dict(rt.info.decoder),
+        f"{model_path.name} ({rt.backend})",
+    )
+
+
+def maps_from_ground_truth(image: str, cfg: Mapping[str, Any], topology: Topology) -> Maps:
+    """Targets rendered from the COCO annotations of ``image`` (a file name or an image id)."""
+    from datasets.coco import CocoKeypoints
+    from datasets.targets import TargetConfig
+
+    ds = CocoKeypoints(
+        annotations=resolve_path(cfg["annotations"]),
+        images=resolve_path(cfg["images"]),
+        topology=topology,
+        input_size=tuple(cfg.get("input_size", (224, 224))),
+        targets=TargetConfig.from_config(cfg.get("targets")),
+        augment=None,
+        aspect=str(cfg.get("aspect", "squash")),
+    )
+    name = Path(str(image)).name
+    index = next(
+        (
+            i
+            for i, r in enumerate(ds.records)
+            if r["file"].name == name or str(r["id"]) == str(image)
+        ),
+        None,
+    )
+    if index is None:
+        raise ValueError(
+            f"{cfg['annotations']}: no image {image!r} with labelled keypoints (by file name or id);"
+            f" e.g. {[r['file'].name for r in ds.records[:3]]}"
+        )
+    s = ds[index]
+    view = (s["image"].numpy().transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8)
+    return Maps(
+        view, s["heatmap"].numpy(), s["paf"].numpy(), None, topology, {}, f"ground truth of {name}"
+    )
+
+
+def pick_edge(edge: Any, topology: Topology, trace) -> int:
+    """The edge to draw as arrows: an index, ``"from-to"`` label names, or None = the edge type
+    with the most accepted connections."""
+    if edge is None:
+        accepted = trace.cand_edge[trace.accepted] if len(trace.accepted) else np.zeros(0, int)
+        counts = np.bincount(accepted, minlength=topology.num_edges)
+        return int(np.argmax(counts))
+    if isinstance(edge, int) or str(edge).isdigit():
+        e = int(edge)
+        if not 0 <= e < topology.num_edges:
+            raise ValueError(f"edge {e} out of range 0..{topology.num_edges - 1}")
+        return e
+    names = str(edge).split("-")
+    for i, (a, b) in enumerate(topology.edges):
+        if [topology.labels[a], topology.labels[b]] == names:
+            return i
+    raise ValueError(
+        f"no edge {edge!r}; edges are "
+        f"{['-'.join((topology.labels[a], topology.labels[b])) for a, b in topology.edges]}"
+    )
+
+
+def zoom_window(
+    mask: np.ndarray, points: np.ndarray, margin: int = 2, min_size: int = 1
+) -> tuple[int, int, int, int]:
+    """Map rows/cols [j0, j1) x [i0, i1) around ``mask`` and map points (u, v), padded by
+    ``margin``, grown to the map's aspect ratio (so the zoom fills the frame undistorted)."""
+    mh, mw = mask.shape
+    rows, cols = np.nonzero(mask)
+    pts = np.asarray(points, dtype=float).reshape(-1, 2)
+    us = np.concatenate([cols, pts[:, 0]]) if len(pts) else cols
+    vs = np.concatenate([rows, pts[:, 1]]) if len(pts) else rows
+    if len(us) == 0:
+        return 0, mh, 0, mw
+    j0, j1 = int(np.floor(vs.min())) - margin, int(np.ceil(vs.max())) + 1 + margin
+    i0, i1 = int(np.floor(us.min())) - margin, int(np.ceil(us.max())) + 1 + margin
+    # grow the short side to the map's aspect ratio, then shift inside the map
+    hh, ww = max(j1 - j0, min_size), max(i1 - i0, min_size)
+    if hh * mw > ww * mh:
+        ww = min(mw, int(np.ceil(hh * mw / mh)))
+        hh = min(mh, hh)
+    else:
+        hh = min(mh, int(np.ceil(ww * mh / mw)))
+        ww = min(mw, ww)
+    cj, ci = (j0 + j1) // 2, (i0 + i1) // 2
+    j0 = min(max(cj - hh // 2, 0), mh - hh)
+    i0 = min(max(ci - ww // 2, 0), mw - ww)
+    return j0, j0 + hh, i0, i0 + ww
+
+
+def render_steps(
+    maps: Maps, decoder_overrides: Mapping[str, Any] | None = None, scale: int = 2, edge: Any = None
+) -> list[tuple[str, str, np.ndarray]]:
+    """The step pictures as (file stem, title, RGB image), in decoding order."""
+    from inference.decoder import OpenPoseDecoder
+
+    topo = maps.topology
+    params = {
+        **maps.decoder_params,
+        **{k: v for k, v in (decoder_overrides or {}).items() if v is not None},
+    }
+    params.pop("output_scale", None)
+    decoder = OpenPoseDecoder.from_config(params, topo)
+    h, w = maps.view.shape[:2]
+    size = (h * scale, w * scale)
+    mh, mw = maps.heatmap.shape[1:]
+    base = np.repeat(np.repeat(maps.view, scale, axis=0), scale, axis=1)  # nearest upscale
+    trace = decoder.trace(maps.heatmap, maps.paf, maps.maxpool, output_scale=list(size))
+    pc, lc = part_colors(topo), limb_colors(topo)
+    steps: list[tuple[str, str, np.ndarray]] = [
+        ("01_input", f"input {w}x{h} ({maps.source})", base)
+    ]
+
+    steps.append(("02_heatmap", "part heatmaps", heatmap_overlay(base, maps.heatmap, topo)))
+    if maps.maxpool is not None:
+        pooled = maps.maxpool
+    else:
+        from inference.runtime import maxpool_nchw
+
+        pooled = maxpool_nchw(maps.heatmap[None], decoder.maxpool_kernel)[0]
+    steps.append(
+        (
+            "03_maxpool",
+            f"max-pool {decoder.maxpool_kernel}x{decoder.maxpool_kernel}",
+            heatmap_overlay(base, pooled, topo),
+        )
+    )
+
+    # NMS: every local maximum (heatmap == maxpool), opacity = confidence, before the threshold
+    part, row, col = np.nonzero((maps.heatmap >= pooled) & (maps.heatmap > 0))
+    conf = maps.heatmap[part, row, col]
+    pts = map_to_image(np.stack([col, row], 1), (mh, mw), size)
+    steps.append(
+        (
+            "04_peaks",
+            f"NMS peaks: {len(part)} (opacity = confidence)",
+            draw_points(darken(base, 0.35), pts, [pc[k] for k in part], conf),
+        )
+    )
+
+    # part candidates after threshold_heatmap (refined positions)
+    cand = map_to_image(trace.peak_xy, (mh, mw), size)
+    cand_colors = [pc[k] for k in trace.peak_part]
+    steps.append(
+        (
+            "05_part_candidates",
+            f"part candidates >= {decoder.threshold_heatmap:g}: {len(trace.peak_part)}",
+            draw_points(darken(base, 0.35), cand, cand_colors),
+        )
+    )
+
+    segs = (
+        np.stack([cand[trace.cand_a], cand[trace.cand_b]], 1)
+        if len(trace.cand_a)
+        else np.zeros((0, 2, 2))
+    )
+    steps.append(
+        (
+            "06_edge_candidates",
+            f"edge candidates: {len(trace.cand_a)}",
+            draw_points(
+                draw_segments(
+                    darken(base, 0.35), segs, [lc[e] for e in trace.cand_edge], thickness=1
+                ),
+                cand,
+                cand_colors,
+            ),
+        )
+    )
+
+    e = pick_edge(edge, topo, trace)
+    a, b = topo.edges[e]
+    cx, cy = topo.edges_paf[e]
+    ends = np.isin(trace.peak_part, [a, b])
+    norm = np.hypot(maps.paf[cx], maps.paf[cy])
+    # zoom on the strongest matched connection of this edge (else on the whole field)
+    mine = [c for c in trace.accepted if trace.cand_edge[c] == e]
+    if mine:
+        best = max(mine, key=lambda c: trace.cand_score[c])
+        pts = trace.peak_xy[[trace.cand_a[best], trace.cand_b[best]]]
+        j0, j1, i0, i1 = zoom_window(np.zeros_like(norm, bool), pts, margin=3, min_size=12)
+    else:
+        j0, j1, i0, i1 = zoom_window(norm > 0.05, trace.peak_xy[ends])
+    # magnified like the reference's picture: the field's region fills the frame, one arrow per
+    # map pixel, with the candidates of the edge's two parts
+    crop = base[
+        j0 * h * scale // mh : j1 * h * scale // mh, i0 * w * scale // mw : i1 * w * scale // mw
+    ]
+    crop = cv2.resize(crop, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    sub = (slice(j0, j1), slice(i0, i1))
+    field = colorize_maps(norm[sub][None], [lc[e]], size)
+    arrows = draw_paf_arrows(
+        overlay(darken(crop, 0.35), field, 0.5),
+        maps.paf[cx][sub],
+        maps.paf[cy][sub],
+        color=(255, 255, 255),
+    )
+    local = map_to_image(trace.peak_xy[ends] - [i0, j0], (j1 - j0, i1 - i0), size)
+    steps.append(
+        (
+            f"07_paf_{topo.labels[a]}-{topo.labels[b]}",
+            f"PAF {topo.labels[a]} -> {topo.labels[b]} (zoom x{mh / (j1 - j0):.1f})",
+            draw_points(
+                arrows, local, [pc[k] for k in trace.peak_part[ends]], radius=max(4, size[0] // 60)
+            ),
+        )
+    )
+
+    ok = np.flatnonzero(trace.cand_ok)
+    edge_img = draw_segments(
+        darken(base, 0.35), segs[ok], [lc[i] for i in trace.cand_edge[ok]], thickness=2
+    )
+    steps.append(
+        (
+            "08_edges",
+            f"edges: {len(ok)} pass score {decoder.threshold_edge_score:g} x "
+            f">{decoder.threshold_edge_sampling_counter}, {len(trace.accepted)} matched",
+            draw_points(edge_img, cand, cand_colors),
+        )
+    )
+    steps.append(
+        (
+            "09_skeletons",
+            f"skeletons: {len(trace.skeletons)}",
+            draw_skeletons(base, trace.skeletons, topo, label_scores=True),
+        )
+    )
+    return steps
+
+
+def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Write the step pictures for ``cfg.image``; returns the output folder and file paths."""
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    image = cfg.get("image")
+    if image is None:
+        raise ValueError("give image=PATH (with model=MODEL, or oracle=true)")
+    out_dir = resolve_path(cfg.get("output")) or Path("outputs/visualize") / time.strftime(
+        "%Y-%m-%d_%H-%M-%S"
+    )
+    if cfg.get("oracle"):
+        from datasets.topology import topology_from_config
+
+        maps = maps_from_ground_truth(str(image), cfg, topology_from_config(cfg["topology"]))
+    else:
+        model = resolve_path(cfg.get("model_path") or cfg.get("model"))
+        if model is None:
+            raise ValueError("give model=PATH (.onnx, .engine or .pth), or oracle=true")
+        image_path = resolve_path(image)
+        if not image_path.is_file():
+            raise FileNotFoundError(f"image not found: {image_path}")
+        maps = maps_from_model(image_path, model, str(cfg.get("device", "cpu")))
+    steps = render_steps(maps, cfg.get("decoder"), int(cfg.get("scale", 2)), cfg.get("edge"))
+    paths = []
+    for stem, _, img in steps:
+        path = out_dir / f"{stem}.png"
+        write_rgb(path, img)
+        paths.append(path)
+    grid = make_grid(
+        [titled(img, title) for _, title, img in steps], cols=int(cfg.get("grid_cols", 3))
+    )
+    write_rgb(out_dir / "grid.png", grid)
+    for (_, title, _), p in zip(steps, paths, strict=True):
+        print(f"{p.name:40s} {title}")
+    print(f"wrote {len(paths)} step pictures and grid.png to {out_dir}")
+    return {
+        "output": out_dir,
+        "steps": paths,
+        "grid": out_dir / "grid.png",
+        "titles": [t for _, t, _ in steps],
+    }
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="visualize")
+def main(cfg: DictConfig) -> None:
+    if cfg.get("output") is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        OmegaConf.set_struct(cfg, False)
+        cfg.output = HydraConfig.get().runtime.output_dir
+    run(cfg)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from inference.predict import alias_model_argument
+
+    sys.argv = alias_model_argument(sys.argv)
+    main()
