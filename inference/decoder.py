@@ -62,7 +62,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "threshold_edge_score": 0.05,
     "threshold_edge_sampling_counter": 4,
     "edge_sampling_steps": 10,
-    "threshold_part_counter": 1,
+    "threshold_part_counter": 0,
     "threshold_object_score": 0.0,
     "threshold_split_score": 2.0,
     "refine_parts_coordinates": True,
@@ -171,7 +171,9 @@ class OpenPoseDecoder:
         pafc = np.asarray(topology.edges_paf, dtype=np.intp).reshape(-1, 2)
         self._ea, self._eb = edges[:, 0].copy(), edges[:, 1].copy()
         self._pafx, self._pafy = pafc[:, 0].copy(), pafc[:, 1].copy()
-        self._t = np.linspace(0.0, 1.0, self.edge_sampling_steps)  # (S,) sample positions
+        # (S,) sample positions: centres of S equal pieces of the segment. The endpoints are the
+        # parts themselves, which the limb field need not cover (the field stops at the joint).
+        self._t = (np.arange(self.edge_sampling_steps) + 0.5) / self.edge_sampling_steps
         r = self.maxpool_kernel // 2
         offs = [
             (dr, dc) for dr in range(-r, r + 1) for dc in range(-r, r + 1) if (dr, dc) != (0, 0)
@@ -286,9 +288,14 @@ class OpenPoseDecoder:
         # ---- steps 3-4: every candidate pair of every edge, scored on the PAF at once
         ce, ca, cb, cscore, ccount, cok = self._score_edges(m, part, xy)
 
-        # ---- step 5: greedy matching by descending edge score
+        # ---- step 5: greedy matching by descending edge score: one-to-one per edge type
+        # (vectorised), then objects joined edge by edge unless a part would repeat
         okidx = np.flatnonzero(cok)
         okidx = okidx[np.argsort(-cscore[okidx], kind="stable")]
+        nk = self._e * part.size
+        okidx = okidx[
+            _one_to_one(ce[okidx] * part.size + ca[okidx], ce[okidx] * part.size + cb[okidx], nk)
+        ]
         root, accepted = _greedy_union(ca[okidx].tolist(), cb[okidx].tolist(), part.tolist())
         accepted = okidx[accepted]
 
@@ -511,30 +518,46 @@ class OpenPoseDecoder:
         nbe = nb[eid]
         ia = starts[self._ea][eid] + local // nbe  # (T,) from-peak
         ib = starts[self._eb][eid] + local % nbe  # (T,) to-peak
-        pa = xy[ia]  # (T, 2)
-        d = xy[ib] - pa
-        length = np.sqrt((d * d).sum(1))
-        unit = d / np.maximum(length, _TINY)[:, None]  # (T, 2)
-        # (T, S) sample pixels on the segment, rounded to the nearest pixel (all inside the map)
-        t = self._t
-        sx = np.rint(pa[:, :1] + d[:, :1] * t)
-        sy = np.rint(pa[:, 1:] + d[:, 1:] * t)
-        np.clip(sx, 0, m.w - 1, out=sx)  # refined positions reach half a pixel past the map
-        np.clip(sy, 0, m.h - 1, out=sy)
-        off = (sy * pr + sx * pc).astype(np.intp)
+        # float32 positions clipped to the map: refined positions reach half a pixel past its
+        # border, and every sample, a convex combination of the ends, then rounds inside it
+        # float32 (half the memory traffic) while it holds every flat offset exactly
+        ft = np.float32 if m.paf.size < 1 << 24 else np.float64
+        pos = np.clip(xy.T, 0, ((m.w - 1,), (m.h - 1,))).astype(ft)  # (2, P)
+        t = self._t.astype(ft)
+        xa, ya = pos[0][ia], pos[1][ia]  # (T,) each, contiguous
+        dx, dy = pos[0][ib] - xa, pos[1][ib] - ya
+        length = np.sqrt(dx * dx + dy * dy)
+        inv = 1 / np.maximum(length, _TINY)
+        ux, uy = dx * inv, dy * inv  # unit edge vector
+        # (S, T) flat offsets of the sample pixels, rounded to the nearest pixel. Samples run
+        # along axis 0 so the per-candidate sums below add whole rows (fast), and the work is
+        # done in place: on noise maps T reaches E * max_peaks_per_part^2.
+        off = np.multiply(t[:, None], dy)
+        off += ya
+        np.rint(off, out=off)
+        off *= pr
+        offx = np.multiply(t[:, None], dx)
+        offx += xa
+        np.rint(offx, out=offx)
+        offx *= pc
+        off += offx
+        off = off.astype(np.intp)
         chx, chy = (self._pafx * pk)[eid], (self._pafy * pk)[eid]
-        vx, vy = m.paf[chx[:, None] + off], m.paf[chy[:, None] + off]
-        dot = vx * unit[:, :1] + vy * unit[:, 1:]  # (T, S) PAF . unit edge vector
+        dot = m.paf[chx + off]  # (S, T) PAF x component, then PAF . unit edge vector
+        dot *= ux
+        vy = m.paf[chy + off]
+        vy *= uy
+        dot += vy
         short = np.flatnonzero((length < 1.0) & (length > 0))
         if short.size:
-            dot[short] = self._short_dot(
-                m, pa[short] + d[short] / 2, unit[short], chx[short], chy[short]
-            )[:, None]
-        score = dot.mean(1)
+            mid = np.stack([xa[short] + dx[short] / 2, ya[short] + dy[short] / 2], 1)
+            unit = np.stack([ux[short], uy[short]], 1)
+            dot[:, short] = self._short_dot(m, mid, unit, chx[short], chy[short])
+        score = dot.sum(0) / len(t)
         if not np.isfinite(score).all():  # NaN/inf in the PAF: no evidence there
             dot = np.where(np.isnan(dot), 0.0, np.clip(dot, -1.0, 1.0))
-            score = dot.mean(1)
-        count = (dot > self.threshold_edge_score).sum(1)
+            score = dot.sum(0) / len(t)
+        count = (dot > self.threshold_edge_score).sum(0)
         ok = (count > self.threshold_edge_sampling_counter) & (length > 0)
         return eid, ia, ib, score, count, ok
 
@@ -561,7 +584,9 @@ class OpenPoseDecoder:
         part_sum = np.bincount(obj, weights=score, minlength=nobj)
         edge_sum = np.bincount(obj[acc_a], weights=acc_score, minlength=nobj)
         if nobj > 1 and self.threshold_split_score > 0:
-            peak_of, part_sum, edge_sum = self._merge_split(peak_of, part_sum, edge_sum, score, xy)
+            peak_of, part_sum, edge_sum = self._merge_split(
+                peak_of, part_sum, edge_sum, score, xy, part, obj
+            )
         nparts = (peak_of >= 0).sum(1)
         oscore = (part_sum + edge_sum) / self._norm
         keep = np.flatnonzero(
@@ -583,19 +608,44 @@ class OpenPoseDecoder:
             for i, o in enumerate(keep.tolist())
         ]
 
-    def _merge_split(self, peak_of, part_sum, edge_sum, score, xy):
-        """Step 6: merge objects whose common parts are all within threshold_split_score."""
-        has = peak_of >= 0  # (O, K)
-        pos = xy[peak_of]  # (O, K, 2); rows of missing parts are junk, masked below
-        pos[~has] = np.nan
-        d2 = ((pos[:, None] - pos[None, :]) ** 2).sum(-1)  # (O, O, K), NaN unless common
-        near = ~(d2 > self.threshold_split_score**2).any(-1) & (d2 >= 0).any(-1)
-        pairs = np.argwhere(np.triu(near, 1))
+    def _merge_split(self, peak_of, part_sum, edge_sum, score, xy, part, obj):
+        """Step 6: merge objects whose common parts are all within threshold_split_score.
+
+        Candidates come from pairs of same-part peaks in different objects closer than the
+        threshold (peaks are grouped by part), so the work grows with the peaks, not with the
+        square of the number of objects.
+        """
+        lim = self.threshold_split_score
+        counts = np.bincount(part, minlength=self._k)
+        npairs = counts * counts
+        total = int(npairs.sum())
+        if total == part.size:  # no part has two peaks
+            return peak_of, part_sum, edge_sum
+        pid = np.repeat(np.arange(self._k), npairs)
+        local = np.arange(total) - np.repeat(np.cumsum(npairs) - npairs, npairs)
+        n = counts[pid]
+        first = (np.cumsum(counts) - counts)[pid]
+        i, j = first + local // n, first + local % n
+        sel = (i < j) & (obj[i] != obj[j])
+        i, j = i[sel], j[sel]
+        dx, dy = xy[i, 0] - xy[j, 0], xy[i, 1] - xy[j, 1]
+        near = dx * dx + dy * dy <= lim * lim
+        if not near.any():
+            return peak_of, part_sum, edge_sum
+        oi, oj = obj[i[near]], obj[j[near]]
+        nobj = len(peak_of)
+        key = np.sort(np.minimum(oi, oj) * nobj + np.maximum(oi, oj))
+        key = key[np.r_[True, key[1:] != key[:-1]]]  # distinct object pairs (np.unique is slower)
+        pairs = np.stack(np.divmod(key, nobj), 1)  # (C, 2)
+        # keep the pairs whose common parts are all near (vectorised; most fail on noise maps)
+        a, b = peak_of[pairs[:, 0]], peak_of[pairs[:, 1]]  # (C, K)
+        both = (a >= 0) & (b >= 0)
+        dist2 = ((xy[a] - xy[b]) ** 2).sum(-1)  # junk where not both; masked next
+        pairs = pairs[~(both & (dist2 > lim * lim)).any(1)]
         if pairs.size == 0:
             return peak_of, part_sum, edge_sum
         peak_of, part_sum, edge_sum = peak_of.copy(), part_sum.copy(), edge_sum.copy()
         alive = np.ones(len(peak_of), bool)
-        lim = self.threshold_split_score
         for i, j in pairs.tolist():
             if not (alive[i] and alive[j]):
                 continue
@@ -661,6 +711,32 @@ def _cap(part, row, col, flat, score, cap):
     """Keep the ``cap`` best peaks of each part."""
     sel = _cap_index(part, score, cap)
     return part[sel], row[sel], col[sel], flat[sel], score[sel]
+
+
+def _one_to_one(key_a: np.ndarray, key_b: np.ndarray, num_keys: int) -> np.ndarray:
+    """Greedy one-to-one matching of pairs listed in descending score order.
+
+    ``key_a``/``key_b`` (n,) identify each pair's two ends (here: edge type and peak). Returns the
+    positions of the pairs that sequential greedy matching would keep, in the input order, with
+    whole-array rounds: a pair that is the first alive pair of both its ends is kept by greedy,
+    and removes every other pair touching those ends.
+    """
+    alive = np.arange(key_a.size)
+    chosen = []
+    used = np.zeros(num_keys, bool)
+    first = np.empty(num_keys, np.intp)
+    while alive.size:
+        a, b = key_a[alive], key_b[alive]
+        pos = np.arange(alive.size)
+        first[a[::-1]] = pos[::-1]  # repeated indices: the last write (the first pair) wins
+        mutual = first[a] == pos
+        first[b[::-1]] = pos[::-1]
+        mutual &= first[b] == pos
+        chosen.append(alive[mutual])
+        used[a[mutual]] = True
+        used[b[mutual]] = True
+        alive = alive[~(used[a] | used[b])]
+    return np.sort(np.concatenate(chosen)) if chosen else alive
 
 
 def _greedy_union(cand_a: list[int], cand_b: list[int], part: list[int]):
