@@ -22,6 +22,7 @@ renamed into place at the end, so an interrupted run leaves nothing that looks c
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -40,7 +41,7 @@ from datasets.topology import Topology, topology_from_config
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1  # bump when the generator changes, so ensure() regenerates old sets
+FORMAT = 2  # bump when the generator changes, so ensure() regenerates old sets
 SPLITS = ("train", "val")
 DEFAULTS = {
     "num_train": 256,
@@ -59,6 +60,11 @@ _HIP = (0.22, 1.0)
 _UPPER_ARM, _FOREARM, _THIGH, _SHIN = 0.55, 0.5, 0.62, 0.6
 _HEAD_R = 0.27
 _NOSE, _EYE, _EAR = (0.0, -0.42), (0.1, -0.5), (0.24, -0.45)
+
+
+@functools.cache
+def _coco18_labels() -> list[str]:
+    return list(Topology.named("coco18").labels)
 
 
 def _person_pose(rng: np.random.Generator) -> np.ndarray:
@@ -125,12 +131,12 @@ def _random_color(rng: np.random.Generator, away_from: np.ndarray | None = None)
 
 
 def _background(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
-    c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-    t = np.linspace(0.0, 1.0, h if rng.random() < 0.5 else w, dtype=np.float32)
-    ramp = c0[None] * (1 - t[:, None]) + c1[None] * t[:, None]  # (L, 3)
-    img = (ramp[:, None, :] if len(t) == h else ramp[None, :, :]) * np.ones((h, w, 1), np.float32)
-    img = img.astype(np.uint8)
-    for _ in range(rng.integers(0, 6)):  # distractors: blobs and bars, never limb-like lines
+    """A random two-colour gradient with a few distractor shapes and mild noise (BGR uint8)."""
+    ends = rng.uniform(0, 255, (2, 1, 3)).astype(np.uint8)
+    if rng.random() < 0.5:
+        ends = ends.transpose(1, 0, 2)  # horizontal instead of vertical gradient
+    img = cv2.resize(ends, (w, h), interpolation=cv2.INTER_LINEAR)
+    for _ in range(rng.integers(0, 6)):  # distractors: blobs and boxes, never limb-like lines
         color = tuple(float(x) for x in rng.uniform(0, 255, 3))
         x, y = int(rng.integers(0, w)), int(rng.integers(0, h))
         if rng.random() < 0.5:
@@ -138,8 +144,8 @@ def _background(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
         else:
             x2, y2 = x + int(rng.integers(10, w // 3)), y + int(rng.integers(10, h // 3))
             cv2.rectangle(img, (x, y), (x2, y2), color, -1)
-    noise = rng.normal(0, 4, img.shape).astype(np.float32)
-    return np.clip(img + noise, 0, 255).astype(np.uint8)
+    noise = rng.integers(0, 12, (h, w, 3), dtype=np.uint8)
+    return cv2.subtract(cv2.add(img, noise), np.full_like(img, 6))
 
 
 def _pix(p: np.ndarray) -> tuple[int, int]:
@@ -226,7 +232,7 @@ def _polygons(mask: np.ndarray) -> list[list[float]]:
         if len(c) < 3:
             continue
         # contour points are pixel indices of boundary pixels; +0.5 for pixel centres
-        polys.append([round(float(v) + 0.5, 2) for v in c.reshape(-1)])
+        polys.append((c.reshape(-1).astype(np.float64) + 0.5).tolist())
     return polys
 
 
@@ -237,7 +243,7 @@ def render_image(
     from pycocotools import mask as mask_utils
 
     h, w = size_hw
-    person = list(topology.labels) == list(Topology.named("coco18").labels)
+    person = list(topology.labels) == _coco18_labels()
     img = _background(h, w, rng)
     span = min(h, w)
     anns = []
@@ -279,7 +285,7 @@ def render_image(
                 out[k] = (kp[k, 0], kp[k, 1], 1 if covered else 2)
         anns.append(
             {
-                "keypoints": [round(float(v), 2) for v in out.reshape(-1)],
+                "keypoints": np.round(out.reshape(-1), 2).tolist(),
                 "num_keypoints": int((out[:, 2] > 0).sum()),
                 "segmentation": _polygons(visible),
                 "area": float(area),
@@ -374,6 +380,7 @@ def ensure(
     if not force and stamp.is_file():
         try:
             if json.loads(stamp.read_text()) == want:
+                log.info("synthetic set already in %s (same settings)", root)
                 return root
         except ValueError:
             pass
