@@ -342,3 +342,25 @@ def test_keep_archives_false_removes_zip_and_rerun_skips(tmp_path, archives):
         assert (root / "annotations" / "person_keypoints_val2017.json").is_file()
         download.run(_cfg(server, root, archives, keep_archives=False))
         assert len(server.requests) == 2
+
+
+def test_cli_reports_failure_clearly(tmp_path):
+    """``python -m datasets.download`` parses its Hydra config; a failure exits 1 with the cause."""
+    import subprocess
+    import sys
+
+    with FileServer() as server:  # serves nothing: 404 for the annotations zip
+        cmd = [
+            sys.executable,
+            "-m",
+            "datasets.download",
+            f"data.root={tmp_path / 'coco'}",
+            f"base_url={server.url}",
+            "splits=[annotations]",
+            f"hydra.run.dir={tmp_path / 'out'}",
+        ]
+        repo = Path(__file__).resolve().parent.parent
+        proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "HTTP 404" in proc.stderr + proc.stdout
+    assert "annotations/annotations_trainval2017.zip" in proc.stderr + proc.stdout

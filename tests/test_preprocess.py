@@ -216,3 +216,33 @@ def test_cli_output_is_readable_by_pycocotools(tmp_path):
     path.write_text(json.dumps(out))
     coco = COCO(str(path))
     assert coco.getCatIds(catNms=["person"]) == [1]
+
+
+def test_cli(tmp_path, coco_mini):
+    """``python -m datasets.preprocess`` parses its Hydra config and writes the modified file."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    (tmp_path / "annotations").mkdir()
+    src = coco_mini / "annotations" / "person_keypoints_val2017.json"
+    (tmp_path / "annotations" / src.name).write_bytes(src.read_bytes())
+    (tmp_path / "val2017").symlink_to(coco_mini / "val2017")
+    cmd = [
+        sys.executable,
+        "-m",
+        "datasets.preprocess",
+        f"data.root={tmp_path}",
+        "splits=[val2017]",
+        f"hydra.run.dir={tmp_path / 'out'}",
+    ]
+    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(
+        (tmp_path / "annotations" / "person_keypoints_val2017_modified.json").read_text()
+    )
+    assert len(out["categories"][0]["keypoints"]) == 18
+    (tmp_path / "val2017").unlink()
+    (tmp_path / "val2017").mkdir()  # every image now missing: a clear error and exit code 1
+    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "images whose file is missing" in proc.stderr + proc.stdout
