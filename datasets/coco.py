@@ -249,6 +249,8 @@ class CocoKeypoints(Dataset):
         while r < 8 and 2 * r * stretch <= self.max_upsample:
             r *= 2
         t = self._tick("sample", t)
+        if self.timings is not None:  # how often each decode size is used (benchmark)
+            self.timings[f"count_1/{r}"] = self.timings.get(f"count_1/{r}", 0) + 1
         image = self._decode(rec, r)
         t = self._tick("decode", t)
 

@@ -149,6 +149,11 @@ def main() -> None:
         + ", ".join(f"{k} {v:.0%}" for k, v in shares.items())
         + f", other {other:.0%}"
     )
+    counts = {k[6:]: v for k, v in ds.timings.items() if k.startswith("count_")}
+    print(
+        "JPEG decoded at "
+        + ", ".join(f"{k} size {v / sum(counts.values()):.0%}" for k, v in sorted(counts.items()))
+    )
     ok = pipe_w >= GOAL or pipe_c >= GOAL
     print(
         f"goal >= {GOAL:.0f} images/s per core: {'met' if ok else 'NOT met'} "
