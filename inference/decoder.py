@@ -544,16 +544,18 @@ class OpenPoseDecoder:
         off = off.astype(np.intp)
         chx, chy = (self._pafx * pk)[eid], (self._pafy * pk)[eid]
         dot = m.paf[chx + off]  # (S, T) PAF x component, then PAF . unit edge vector
-        dot *= ux
         vy = m.paf[chy + off]
-        vy *= uy
-        dot += vy
+        with np.errstate(invalid="ignore", over="ignore"):  # inf * 0: sanitised below
+            dot *= ux
+            vy *= uy
+            dot += vy
         short = np.flatnonzero((length < 1.0) & (length > 0))
         if short.size:
             mid = np.stack([xa[short] + dx[short] / 2, ya[short] + dy[short] / 2], 1)
             unit = np.stack([ux[short], uy[short]], 1)
             dot[:, short] = self._short_dot(m, mid, unit, chx[short], chy[short])
-        score = dot.sum(0) / len(t)
+        with np.errstate(invalid="ignore", over="ignore"):
+            score = dot.sum(0) / len(t)
         if not np.isfinite(score).all():  # NaN/inf in the PAF: no evidence there
             dot = np.where(np.isnan(dot), 0.0, np.clip(dot, -1.0, 1.0))
             score = dot.sum(0) / len(t)

@@ -1,0 +1,280 @@
+"""python -m inference.eval model=MODEL [annotations=FILE images=DIR]   |   ... oracle=true input_size=224
+
+COCO keypoint AP (pycocotools) of a pose model, or of the decoder alone on oracle maps.
+
+Model mode (``model=`` a .onnx, .engine/.plan or .pth, through ``inference.runtime``): every
+image of the annotation file (not only those with people, unless ``only_with_people=true``) is
+pre-processed exactly as training's evaluation mode did (the runtime's ``preprocess``: the model's
+input size and aspect policy), run, decoded with the model's own decoder parameters, mapped back
+to the original image (squash: ``output_scale`` = the original [rows, cols]; letterbox: the
+inverse fit), written as COCO results (the 18-part topology mapped onto COCO's 17 by name) and
+scored. The annotation file must be COCO's own person_keypoints file (17 keypoints).
+
+Oracle mode (``oracle=true``): no images and no network. For every image, the ground truth is
+fitted into the network input (``input_size``, ``aspect``), rendered with ``datasets.targets``
+(``targets`` settings; the neck from the shoulders) at input / stride, optionally blurred and
+made noisy (``noise``, ``blur``), then decoded and scored the same way: the decoder's upper
+bound for that resolution and target convention. With ``model=`` too, the model's input size,
+aspect, targets and topology are used.
+
+Writes ``results.json`` (COCO results) and ``stats.json`` (the AP/AR numbers and settings)
+atomically into ``output`` (default: the Hydra run dir outputs/eval/<time>), and prints the
+standard AP/AR table.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import hydra
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from datasets.targets import TargetConfig
+from datasets.topology import topology_from_config
+from inference.cocoeval import (
+    evaluate,
+    load_coco,
+    person_category,
+    skeletons_to_coco,
+    write_json,
+)
+from inference.decoder import OpenPoseDecoder
+from inference.oracle import decode_image, oracle_results
+
+log = logging.getLogger("inference.eval")
+
+
+def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Evaluate as configured (see the module docstring); returns stats, paths and counts."""
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    cfg = dict(cfg)
+    annotations = _path(cfg.get("annotations"))
+    if annotations is None:
+        raise ValueError("give annotations=PATH (a COCO person_keypoints file)")
+    out_dir = _path(cfg.get("output")) or Path("outputs") / "eval" / time.strftime(
+        "%Y-%m-%d_%H-%M-%S"
+    )
+    model_path = _path(cfg.get("model_path") or cfg.get("model"))
+    gt = load_coco(annotations)
+    category = person_category(gt, cfg.get("category_id"))
+    ids = sorted(gt.getImgIds())
+    if cfg.get("only_with_people"):
+        ids = [i for i in ids if _has_people(gt, i, category)]
+    if cfg.get("max_images"):
+        ids = ids[: int(cfg["max_images"])]
+
+    runtime = None
+    if model_path is not None:
+        from inference.runtime import load_runtime
+
+        kwargs = (
+            {"threads": cfg["threads"]}
+            if cfg.get("threads") and model_path.suffix == ".onnx"
+            else {}
+        )
+        runtime = load_runtime(model_path, device=str(cfg.get("device") or "cpu"), **kwargs)
+        info = runtime.info
+        topology, input_hw, aspect = info.topology, tuple(info.input_size), info.aspect
+        targets = TargetConfig.from_config(info.targets or cfg.get("targets"))
+        model_decoder = dict(info.decoder or {})
+    else:
+        if not cfg.get("oracle"):
+            raise ValueError("give model=PATH (.onnx, .engine/.plan or .pth), or oracle=true")
+        topology = topology_from_config(cfg["topology"])
+        input_hw = _size(cfg.get("input_size"))
+        aspect = str(cfg.get("aspect") or "squash")
+        targets = TargetConfig.from_config(cfg.get("targets"))
+        model_decoder = {}
+    params = {k: v for k, v in (cfg.get("decoder") or {}).items() if k != "_target_"}
+    params.update(model_decoder)  # a model's own parameters (e.g. its max-pool kernel) win
+    params.update(cfg.get("decoder_overrides") or {})
+    params.pop("output_scale", None)  # set per image from its size
+    decoder = OpenPoseDecoder.from_config(params, topology)
+
+    t0 = time.perf_counter()
+    skipped: list[str] = []
+    if cfg.get("oracle"):
+        noise, blur = float(cfg.get("noise") or 0.0), float(cfg.get("blur") or 0.0)
+        mh, mw = input_hw[0] // targets.stride, input_hw[1] // targets.stride
+        what = f"oracle maps {mh}x{mw} (input {input_hw[0]}x{input_hw[1]}, {aspect}"
+        what += f", noise {noise}, blur {blur})" if noise or blur else ")"
+        results = oracle_results(
+            gt,
+            topology,
+            category,
+            decoder,
+            input_hw,
+            targets,
+            aspect,
+            ids,
+            noise,
+            blur,
+            int(cfg.get("seed") or 0),
+        )
+        evaluated = ids
+    else:
+        images = _images_dir(cfg.get("images"), annotations)
+        what = f"model {model_path.name} (input {input_hw[0]}x{input_hw[1]}, {aspect})"
+        results, evaluated, skipped = model_results(
+            runtime,
+            decoder,
+            gt,
+            category,
+            ids,
+            images,
+            int(cfg.get("batch_size") or 1),
+            bool(cfg.get("skip_unreadable")),
+        )
+    seconds = time.perf_counter() - t0
+
+    results_path = write_json(out_dir / "results.json", results)
+    n_people = sum(_has_people(gt, i, category) for i in evaluated)
+    print(
+        f"{what}: {len(evaluated)} images ({n_people} with people), {len(results)} detections, "
+        f"{seconds:.1f} s" + (f"; {len(skipped)} unreadable images skipped" if skipped else "")
+    )
+    stats = evaluate(gt, results, image_ids=evaluated)
+    summary = {
+        "stats": stats,
+        "mode": "oracle" if cfg.get("oracle") else "model",
+        "annotations": str(annotations),
+        "model": str(model_path) if model_path else None,
+        "input_size": list(input_hw),
+        "aspect": aspect,
+        "targets": targets.__dict__,
+        "decoder": decoder.params,
+        "noise": cfg.get("noise"),
+        "blur": cfg.get("blur"),
+        "num_images": len(evaluated),
+        "num_detections": len(results),
+        "skipped_images": skipped,
+    }
+    write_json(out_dir / "stats.json", summary)
+    log.info("wrote %s and %s", results_path, out_dir / "stats.json")
+    return {**summary, "results": str(results_path), "output": str(out_dir)}
+
+
+def model_results(
+    runtime: Any,
+    decoder: OpenPoseDecoder,
+    coco_gt: Any,
+    category: Mapping[str, Any],
+    ids: Sequence[int],
+    images: Path,
+    batch_size: int = 1,
+    skip_unreadable: bool = False,
+) -> tuple[list[dict[str, Any]], list[int], list[str]]:
+    """Run the model on every image; COCO results, the evaluated ids, and skipped files."""
+    from tqdm import tqdm
+
+    info = runtime.info
+    results: list[dict[str, Any]] = []
+    evaluated: list[int] = []
+    skipped: list[str] = []
+    batch: list[tuple[int, tuple[int, int], np.ndarray, np.ndarray]] = []
+
+    def flush() -> None:
+        maps = runtime(np.stack([b[2] for b in batch]))  # (B, 3, H, W) -> dict of (B, C, h, w)
+        for i, (image_id, orig_hw, _, matrix) in enumerate(batch):
+            skeletons = decode_image(
+                decoder,
+                maps["heatmap"][i],
+                maps["part_affinity_fields"][i],
+                orig_hw,
+                matrix,
+                info.input_size,
+                info.aspect,
+                maxpool_heatmap=maps["maxpool_heatmap"][i],
+            )
+            results.extend(skeletons_to_coco(skeletons, image_id, info.topology, category))
+            evaluated.append(image_id)
+        batch.clear()
+
+    for image_id in tqdm(ids, desc="eval", unit="img"):
+        record = coco_gt.imgs[image_id]
+        path = images / record["file_name"]
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            if not skip_unreadable:
+                raise FileNotFoundError(
+                    f"image id={image_id} {path} is missing or unreadable (images={images}; "
+                    "skip_unreadable=true evaluates without it)"
+                )
+            skipped.append(str(path))
+            continue
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        x, matrix = runtime.preprocess(rgb)  # (3, H, W) float32, 2x3 original -> input
+        batch.append((image_id, rgb.shape[:2], x, matrix))
+        if len(batch) >= batch_size:
+            flush()
+    if batch:
+        flush()
+    return results, evaluated, skipped
+
+
+def _has_people(coco_gt: Any, image_id: int, category: Mapping[str, Any]) -> bool:
+    anns = coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=[image_id], catIds=[category["id"]]))
+    return any(a.get("num_keypoints", 0) > 0 and not a.get("iscrowd", 0) for a in anns)
+
+
+def _path(p: Any) -> Path | None:
+    """A user path resolved against the launch directory (Hydra does not chdir)."""
+    if p is None or str(p) == "":
+        return None
+    path = Path(str(p)).expanduser()
+    return path if path.is_absolute() else Path.cwd() / path
+
+
+def _size(value: Any) -> tuple[int, int]:
+    """``224`` or ``[H, W]`` -> (H, W)."""
+    if value is None:
+        raise ValueError("oracle mode needs input_size=N or input_size=[H,W] (or model=PATH)")
+    vals = [value] * 2 if isinstance(value, int | float | str) else list(value)
+    if len(vals) == 1:
+        vals = vals * 2
+    if len(vals) != 2 or not all(int(v) > 0 for v in vals):
+        raise ValueError(f"input_size must be N or [H, W] with positive sizes, got {value!r}")
+    return int(vals[0]), int(vals[1])
+
+
+def _images_dir(images: Any, annotations: Path) -> Path:
+    """``images``, or the COCO layout's folder for the file: annotations/x_val2017.json -> val2017."""
+    path = _path(images)
+    if path is None:
+        m = re.search(r"_([A-Za-z]+\d*)(?:_modified)?$", annotations.stem)
+        if m:
+            path = annotations.parent.parent / m.group(1)
+    if path is None or not path.is_dir():
+        raise FileNotFoundError(
+            f"image folder {path} not found for {annotations.name}; give images=DIR"
+        )
+    return path
+
+
+def alias_model_argument(argv: list[str]) -> list[str]:
+    """``model=PATH`` -> ``model_path=PATH`` (Hydra reads ``model=`` as the conf/model group)."""
+    return [f"model_path={a[len('model=') :]}" if a.startswith("model=") else a for a in argv]
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    if cfg.get("output") is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        OmegaConf.set_struct(cfg, False)
+        cfg.output = HydraConfig.get().runtime.output_dir
+    run(cfg)
+
+
+if __name__ == "__main__":
+    sys.argv = alias_model_argument(sys.argv)
+    main()
