@@ -49,6 +49,7 @@ leading dimension. NaN never makes a peak or counts as edge evidence; +-inf is c
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -76,6 +77,9 @@ LAYOUTS = ("chw", "hwc")
 # Own NMS gathers each candidate's neighbours while candidates are at most this fraction of the
 # map (real heatmaps: ~1%); beyond it (noise, constant maps) whole-map comparisons are cheaper.
 _SPARSE_FRACTION = 1 / 16
+# more accepted edge candidates than this (noise maps) are thinned to one-to-one per edge type
+# with whole-array rounds before the Python matching loop
+_VECTOR_MATCH = 256
 _TINY = 1e-12
 
 
@@ -184,6 +188,13 @@ class OpenPoseDecoder:
         self._norm = float(self._k + self._e)
         self._eidx = np.arange(self._e)
         self._r = max(1, r)  # width of the -inf border of the padded heatmap
+        self._nbefore = int(self._before.sum())  # raster order: the first half of the window
+        assert self._before[: self._nbefore].all()
+        # short limbs: the 3x3 window around the midpoint, cycled to S samples (2, S)
+        win = np.array([(dc, dr) for dr in (-1, 0, 1) for dc in (-1, 0, 1)], np.float64)
+        self._win_s = win[np.arange(self.edge_sampling_steps) % 9].T.copy()
+        self._geometries: dict[tuple, _Geometry] = {}
+        self._buffers = threading.local()  # per-thread bordered heatmaps, reused between calls
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -259,56 +270,57 @@ class OpenPoseDecoder:
     ) -> DecodeTrace:
         """Decode one image and keep every intermediate step (see ``DecodeTrace``)."""
         m = self._prepare(heatmap, paf, maxpool_heatmap, layout)
+        scale = _as_scale(output_scale, "output_scale") or self.output_scale or (m.h, m.w)
 
         # ---- steps 1-2: candidates above threshold, NMS, confidence, cap per part
         part, row, col, pflat = self._peaks(m)
-        score = m.pad[pflat].astype(np.float64)  # (P,) peak confidences
-        if not np.isfinite(score).all():  # +inf peaks (NaN never is one)
+        if part.size == 0:
+            z, f = np.zeros(0, np.intp), np.zeros(0)
+            return DecodeTrace(z, z, z, f, np.zeros((0, 2)), z, z, z, f, z, z.astype(bool), z, [])
+        score = m.pad[pflat]  # (P,) peak confidences
+        if score.max() == np.inf:  # NaN never is a peak; +inf counts as certain
             score = np.minimum(score, 1.0)
-        if part.size and np.bincount(part).max() > self.max_peaks_per_part:
-            part, row, col, pflat, score = _cap(
-                part, row, col, pflat, score, self.max_peaks_per_part
-            )
-        if not m.sorted and part.size > 1:  # group peaks by part (CHW flat order already is)
-            order = np.argsort(part, kind="stable")
-            part, row, col, pflat, score = (
-                part[order],
-                row[order],
-                col[order],
-                pflat[order],
-                score[order],
-            )
+        if part.size > self.max_peaks_per_part and (
+            np.bincount(part).max() > self.max_peaks_per_part
+        ):
+            sel = _cap_index(part, score, self.max_peaks_per_part)
+            part, row, col, pflat, score = part[sel], row[sel], col[sel], pflat[sel], score[sel]
+        if not m.sorted:  # group peaks by part (the flat order of a CHW map already is)
+            o = np.argsort(part, kind="stable")
+            part, row, col, pflat, score = part[o], row[o], col[o], pflat[o], score[o]
 
         # ---- step 8, for every peak up front (a few gathers): sub-pixel positions (u, v)
-        xy = np.empty((part.size, 2))  # (P, 2) map index coordinates
-        xy[:, 0], xy[:, 1] = col, row
-        if self.refine_parts_coordinates and part.size:
-            xy += self._refine(m, pflat)
+        pos = np.stack([col, row]).astype(np.float64)  # (2, P) map index coordinates
+        if self.refine_parts_coordinates:
+            pos += self._refine(m, pflat)
 
         # ---- steps 3-4: every candidate pair of every edge, scored on the PAF at once
-        ce, ca, cb, cscore, ccount, cok = self._score_edges(m, part, xy)
+        ce, ca, cb, cscore, ccount, cok = self._score_edges(m, part, pos)
 
-        # ---- step 5: greedy matching by descending edge score: one-to-one per edge type
-        # (vectorised), then objects joined edge by edge unless a part would repeat
+        # ---- step 5: greedy matching by descending edge score: one-to-one per edge type,
+        # and objects joined edge by edge unless a part would repeat
         okidx = np.flatnonzero(cok)
-        okidx = okidx[np.argsort(-cscore[okidx], kind="stable")]
-        nk = self._e * part.size
-        okidx = okidx[
-            _one_to_one(ce[okidx] * part.size + ca[okidx], ce[okidx] * part.size + cb[okidx], nk)
-        ]
-        root, accepted = _greedy_union(ca[okidx].tolist(), cb[okidx].tolist(), part.tolist())
+        if okidx.size > 1:
+            okidx = okidx[np.argsort(-cscore[okidx], kind="stable")]
+            if okidx.size > _VECTOR_MATCH:  # noise maps: the one-to-one rounds as whole arrays
+                key = ce[okidx] * part.size
+                okidx = okidx[_one_to_one(key + ca[okidx], key + cb[okidx], self._e * part.size)]
+        root, accepted = _greedy_union(
+            ce[okidx].tolist(), ca[okidx].tolist(), cb[okidx].tolist(), part.tolist()
+        )
         accepted = okidx[accepted]
 
         # ---- steps 6-7, 9: objects, merge split graphs, filters, output scaling
         skeletons = self._objects(
-            part, score, xy, root, ca[accepted], cscore[accepted], m.h, m.w, output_scale
+            part, score, pos, root, ca[accepted], cscore[accepted], m.h, m.w, scale
         )
         return DecodeTrace(
-            part, row, col, score, xy, ce, ca, cb, cscore, ccount, cok, accepted, skeletons
+            part, row, col, score, pos.T, ce, ca, cb, cscore, ccount, cok, accepted, skeletons
         )
 
     # ------------------------------------------------------------------ steps
     def _prepare(self, heatmap, paf, maxpool_heatmap, layout) -> _Maps:
+        """Check shapes; the heatmap with a -inf border; flat PAF; shape constants."""
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         heatmap, paf = np.asarray(heatmap), np.asarray(paf)
@@ -320,84 +332,84 @@ class OpenPoseDecoder:
         if paf.ndim != 3:
             raise ValueError(f"paf must be 3-D ({layout}) for one image; got shape {paf.shape}")
         chw = layout == "chw"
-        if chw:
-            kh, (h, w), pc, (ph, pw) = (
-                heatmap.shape[0],
-                heatmap.shape[1:],
-                paf.shape[0],
-                paf.shape[1:],
-            )
-        else:
-            kh, (h, w), pc, (ph, pw) = (
-                heatmap.shape[2],
-                heatmap.shape[:2],
-                paf.shape[2],
-                paf.shape[:2],
-            )
+        hs, ps = heatmap.shape, paf.shape
+        kh, h, w = (hs[0], hs[1], hs[2]) if chw else (hs[2], hs[0], hs[1])
+        pc, ph, pw = (ps[0], ps[1], ps[2]) if chw else (ps[2], ps[0], ps[1])
         if kh != k:
             raise ValueError(
-                f"heatmap {heatmap.shape} ({layout}) has {kh} part channels; topology "
+                f"heatmap {hs} ({layout}) has {kh} part channels; topology "
                 f"{self.topology.name!r} has {k} parts"
             )
         if pc != c:
             raise ValueError(
-                f"paf {paf.shape} ({layout}) has {pc} channels; topology {self.topology.name!r} "
+                f"paf {ps} ({layout}) has {pc} channels; topology {self.topology.name!r} "
                 f"needs 2 x {self._e} edges = {c}"
             )
         if (ph, pw) != (h, w):
-            raise ValueError(
-                f"heatmap {heatmap.shape} and paf {paf.shape} ({layout}) differ in H, W"
-            )
+            raise ValueError(f"heatmap {hs} and paf {ps} ({layout}) differ in H, W")
         if h == 0 or w == 0:
-            raise ValueError(f"heatmap {heatmap.shape} ({layout}) is empty")
+            raise ValueError(f"heatmap {hs} ({layout}) is empty")
         if maxpool_heatmap is not None:
             maxpool_heatmap = np.asarray(maxpool_heatmap)
-            if maxpool_heatmap.shape != heatmap.shape:
+            if maxpool_heatmap.shape != hs:
                 raise ValueError(
                     f"maxpool_heatmap {maxpool_heatmap.shape} must have the heatmap's shape "
-                    f"{heatmap.shape} ({layout})"
+                    f"{hs} ({layout})"
                 )
-        dtype = heatmap.dtype if heatmap.dtype in (np.float32, np.float64) else np.float32
-        # the heatmap with a -inf border of r = maxpool_kernel // 2 pixels, in its own layout:
-        # neighbours are then fixed flat offsets with no bounds checks (the border is never a
-        # peak nor beats one)
+        dtype = heatmap.dtype if heatmap.dtype in (np.float32, np.float64) else np.dtype(np.float32)
+        g = self._geometry(chw, h, w, dtype)
+        # the heatmap inside a -inf border of maxpool_kernel // 2 pixels, in its own layout:
+        # neighbours are fixed flat offsets with no bounds checks (the border is never a peak
+        # nor beats one). The bordered buffer is reused per thread: only its inside is written.
         r = self._r
+        pad = self._buffers.__dict__.get(g.key)
+        if pad is None:
+            pad = np.full(g.pad_shape, -np.inf, dtype)
+            self._buffers.__dict__[g.key] = pad
+        if chw:
+            pad[:, r:-r, r:-r] = heatmap
+        else:
+            pad[r:-r, r:-r] = heatmap
+        return _Maps(pad.reshape(-1), heatmap, maxpool_heatmap, _flat(paf), h, w, chw, g, chw)
+
+    def _geometry(self, chw: bool, h: int, w: int, dtype) -> _Geometry:
+        """Flat offsets and strides of one map shape and layout (cached)."""
+        key = (chw, h, w, np.dtype(dtype).str)
+        g = self._geometries.get(key)
+        if g is not None:
+            return g
+        k, c, r = self._k, 2 * self._e, self._r
         hp, wp = h + 2 * r, w + 2 * r
         if chw:
-            pad = np.empty((k, hp, wp), dtype)
-            pad[:, :r], pad[:, -r:], pad[:, :, :r], pad[:, :, -r:] = (
-                -np.inf,
-                -np.inf,
-                -np.inf,
-                -np.inf,
-            )
-            pad[:, r:-r, r:-r] = heatmap
-            strides = (hp * wp, wp, 1)
-            pstrides = (h * w, w, 1)
+            strides, pstrides, shape = (hp * wp, wp, 1), (h * w, w, 1), (k, hp, wp)
         else:
-            pad = np.empty((hp, wp, k), dtype)
-            pad[:r], pad[-r:], pad[:, :r], pad[:, -r:] = -np.inf, -np.inf, -np.inf, -np.inf
-            pad[r:-r, r:-r] = heatmap
-            strides = (1, wp * k, k)
-            pstrides = (1, w * c, c)
-        offs = self._offs[:, 0] * strides[1] + self._offs[:, 1] * strides[2]
-        return _Maps(
-            pad=pad.reshape(-1),
-            heat=heatmap,
-            maxpool=maxpool_heatmap,
-            paf=_flat(paf),
-            h=h,
-            w=w,
-            chw=chw,
+            strides, pstrides, shape = (1, wp * k, k), (1, w * c, c), (hp, wp, k)
+        sr, sc = strides[1], strides[2]
+        # the pixel itself first, then its neighbours in raster order: those before it (the
+        # first half) must be strictly lower, those after at most equal (plateau tie-break)
+        nms = np.concatenate([[0], self._offs[:, 0] * sr + self._offs[:, 1] * sc])
+        cross = np.array([0, -sc, -sr, sc, sr], np.intp)  # centre, left, up, right, down
+        win = np.array([(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)], np.intp)
+        window = win[:, 0] * sr + win[:, 1] * sc
+        g = _Geometry(
+            key=f"pad_{'chw' if chw else 'hwc'}_{h}_{w}_{np.dtype(dtype).str}",
+            pad_shape=shape,
             strides=strides,
             paf_strides=pstrides,
-            offsets=offs,
-            sorted=chw,
+            nms=nms.astype(np.intp),
+            cross=cross,
+            window=window,
+            window_rc=win,
+            chan=np.stack([self._pafx, self._pafy]) * pstrides[0],  # (2, E) PAF channel bases
+            bounds=np.array([[w - 1], [h - 1]], np.float64),  # (2, 1) largest (u, v)
         )
+        self._geometries[key] = g
+        return g
 
     def _peaks(self, m: _Maps):
         """Steps 1-2: (part, row, col, padded flat index) of the NMS peaks above threshold."""
         thr = self.threshold_heatmap
+        g = m.geo
         if m.maxpool is not None:
             # Isaac's NMS: equality with the max-pooled heatmap computed inside the exported graph
             heat = m.heat if m.chw else m.heat.transpose(2, 0, 1)
@@ -409,28 +421,29 @@ class OpenPoseDecoder:
             m.sorted = True
             pflat = self._to_pad(m, part, row, col)
             if pflat.size:  # plateau tie-break, as in the own NMS below
-                before = m.pad[pflat[:, None] + m.offsets[self._before]]
-                keep = m.pad[pflat] > np.fmax.reduce(before, axis=1, initial=-np.inf)
+                nb = m.pad[g.nms[: self._nbefore + 1, None] + pflat]
+                keep = nb[0] > np.fmax.reduce(nb[1:], axis=0, initial=-np.inf)
                 part, row, col, pflat = part[keep], row[keep], col[keep], pflat[keep]
             return part, row, col, pflat
         cand = np.flatnonzero(m.pad > thr)  # (M,) NaN and the -inf border compare False
         if cand.size > m.heat.size * _SPARSE_FRACTION:
             return self._dense_nms(m)
-        nb = m.pad[cand[:, None] + m.offsets]  # (M, k*k-1) neighbour values
-        v = m.pad[cand]
-        keep = (v > np.fmax.reduce(nb[:, self._before], axis=1, initial=-np.inf)) & (
-            v >= np.fmax.reduce(nb[:, ~self._before], axis=1, initial=-np.inf)
-        )
+        # (1 + k*k-1, M): the pixel, then its neighbours. Neighbours run along axis 0: numpy
+        # reduces a short last axis ~30x slower than it combines whole rows.
+        nb = m.pad[g.nms[:, None] + cand]
+        v, nbb = nb[0], self._nbefore + 1
+        keep = v > np.fmax.reduce(nb[1:nbb], axis=0, initial=-np.inf)
+        keep &= v >= np.fmax.reduce(nb[nbb:], axis=0, initial=-np.inf)
         pflat = cand[keep]
         part, row, col = self._from_pad(m, pflat)
         return part, row, col, pflat
 
     def _to_pad(self, m: _Maps, part, row, col):
-        sk, sr, sc = m.strides
+        sk, sr, sc = m.geo.strides
         return part * sk + (row + self._r) * sr + (col + self._r) * sc
 
     def _from_pad(self, m: _Maps, pflat):
-        sk, sr, sc = m.strides
+        sk, sr, sc = m.geo.strides
         if m.chw:
             part, rem = np.divmod(pflat, sk)
             row, col = np.divmod(rem, sr)
@@ -441,8 +454,8 @@ class OpenPoseDecoder:
 
     def _dense_nms(self, m: _Maps):
         """Whole-map NMS with the plateau tie-break, for maps with too many candidates."""
-        k, h, w, r = self._k, m.h, m.w, self._r
-        p = m.pad.reshape((k, h + 2 * r, w + 2 * r) if m.chw else (h + 2 * r, w + 2 * r, k))
+        h, w, r = m.h, m.w, self._r
+        p = m.pad.reshape(m.geo.pad_shape)
         if not m.chw:
             p = p.transpose(2, 0, 1)  # view (K, H+2r, W+2r)
         p = np.where(np.isnan(p), -np.inf, p)  # NaN neighbours do not suppress
@@ -456,55 +469,35 @@ class OpenPoseDecoder:
         return part, row, col, self._to_pad(m, part, row, col)
 
     def _refine(self, m: _Maps, pflat):
-        """(P, 2) sub-pixel offsets (du, dv) in [-0.5, 0.5] from the heatmap around each peak."""
-        sk, sr, sc = m.strides
-        if self.refine_method == "centroid":
-            offs = np.array([(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)], np.intp)
-            vals = m.pad[pflat[:, None] + offs[:, 0] * sr + offs[:, 1] * sc].astype(np.float64)
-            wts = np.where(vals > 0, vals, 0.0)  # -inf border, NaN and negatives weigh nothing
-            wts = np.minimum(wts, 1e30)
-            tot = np.maximum(wts.sum(1), _TINY)
-            out = np.stack([wts @ offs[:, 1] / tot, wts @ offs[:, 0] / tot], axis=1)
-            return np.clip(out, -0.5, 0.5)
-        # parabola through the log values of the 3x3 cross: exact for a Gaussian peak
-        offs = np.array([0, -sc, -sr, sc, sr], np.intp)  # centre, left, up, right, down
-        vals = m.pad[pflat[:, None] + offs].astype(np.float64)  # (P, 5)
+        """(2, P) sub-pixel offsets (du, dv) in [-0.5, 0.5] from the heatmap around each peak."""
+        g = m.geo
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            lv = np.log(np.clip(vals, _TINY, 1e30))
-            minus, plus = lv[:, 1:3], lv[:, 3:5]  # (P, 2): (left, up), (right, down)
-            curv = minus + plus - 2 * lv[:, :1]
-            out = (minus - plus) / (2 * curv)
-            border = np.isinf(vals[:, 1:]).any()  # -inf: a neighbour outside the map
-            if border:
-                out = self._refine_border(vals, lv, curv)
-            out = np.where(curv < 0, out, 0.0) if not border else out
-        return np.clip(np.where(np.isnan(out), 0.0, out), -0.5, 0.5)
+            if self.refine_method == "centroid":
+                vals = m.pad[g.window[:, None] + pflat]  # (9, P)
+                wts = np.where(vals > 0, np.minimum(vals, 1e30), 0.0)  # border, NaN, < 0: none
+                out = (g.window_rc[:, ::-1].T @ wts) / np.maximum(wts.sum(0), _TINY)
+                return np.clip(out, -0.5, 0.5)
+            # parabola through the log values of the 3x3 cross: exact for a Gaussian peak
+            vals = m.pad[g.cross[:, None] + pflat]  # (5, P): centre, left, up, right, down
+            lv = np.log(np.maximum(vals, _TINY))
+            minus, plus = lv[1:3], lv[3:5]  # (2, P): (left, up), (right, down)
+            curv = minus + plus - 2 * lv[0]
+            if vals.min() == -np.inf:  # a peak on the map border: one neighbour is missing
+                out = _refine_border(vals, lv, curv)
+            else:
+                out = np.where(curv < 0, (minus - plus) / (2 * curv), 0.0)  # NaN -> 0
+        return np.clip(out, -0.5, 0.5)
 
-    @staticmethod
-    def _refine_border(vals, lv, curv):
-        """Quadratic refinement where some peaks touch the map border (one side missing)."""
-        inside = ~np.isneginf(vals[:, 1:])  # (P, 4): left, up, right, down
-        both = inside[:, :2] & inside[:, 2:]  # (P, 2) per axis
-        # an isotropic Gaussian has one curvature: borrow the other axis's at a border
-        c = np.where(both, curv, np.nan)
-        c = np.where(both, c, c[:, ::-1])
-        c0, minus, plus = lv[:, :1], lv[:, 1:3], lv[:, 3:5]
-        slope = np.where(
-            both, (plus - minus) / 2, np.where(inside[:, 2:], plus - c0 - c / 2, c0 - minus + c / 2)
-        )
-        one = inside[:, :2] | inside[:, 2:]
-        return np.where((c < 0) & one, -slope / c, 0.0)
-
-    def _score_edges(self, m: _Maps, part, xy):
+    def _score_edges(self, m: _Maps, part, pos):
         """Steps 3-4 for every candidate pair of every edge at once.
 
-        Positions are the (refined) peak positions ``xy`` (P, 2), so the edge direction is the
-        parts' true direction rather than that of their rounded pixels. A limb shorter than one
-        map pixel has its field within a pixel of its midpoint, not along a resolvable segment:
-        such a candidate scores the best dot product in the 3x3 window around its midpoint for
-        every sample.
+        ``pos`` are the (refined) peak positions (2, P), so an edge's direction is its parts'
+        true direction, not that of their rounded pixels. A limb shorter than one map pixel has
+        its field within a pixel of its midpoint, not along a resolvable segment: its samples
+        are the 3x3 window around the midpoint, and each counts with the window's best dot
+        product.
         """
-        pk, pr, pc = m.paf_strides
+        g = m.geo
         counts = np.bincount(part, minlength=self._k)
         starts = np.cumsum(counts) - counts
         na, nb = counts[self._ea], counts[self._eb]
@@ -513,104 +506,86 @@ class OpenPoseDecoder:
         if total == 0:
             z = np.zeros(0, np.intp)
             return z, z, z, np.zeros(0), z, np.zeros(0, bool)
-        eid = np.repeat(self._eidx, npairs)  # (T,) edge of each candidate
-        local = np.arange(total) - np.repeat(np.cumsum(npairs) - npairs, npairs)
-        nbe = nb[eid]
-        ia = starts[self._ea][eid] + local // nbe  # (T,) from-peak
-        ib = starts[self._eb][eid] + local % nbe  # (T,) to-peak
-        # float32 positions clipped to the map: refined positions reach half a pixel past its
-        # border, and every sample, a convex combination of the ends, then rounds inside it
-        # float32 (half the memory traffic) while it holds every flat offset exactly
+        if npairs.max() == 1:  # at most one pair per edge (one object): no enumeration
+            eid = np.flatnonzero(npairs)
+            ia, ib = starts[self._ea[eid]], starts[self._eb[eid]]
+        else:
+            eid = np.repeat(self._eidx, npairs)  # (T,) edge of each candidate
+            local = np.arange(total) - np.repeat(np.cumsum(npairs) - npairs, npairs)
+            nbe = nb[eid]
+            ia = starts[self._ea][eid] + local // nbe  # (T,) from-peak
+            ib = starts[self._eb][eid] + local % nbe  # (T,) to-peak
+        # positions clipped to the map (refined ones reach half a pixel past it), so that every
+        # sample, a convex combination of two ends, rounds to a pixel inside; float32 (half the
+        # memory traffic on noise maps) while it holds every flat offset exactly
         ft = np.float32 if m.paf.size < 1 << 24 else np.float64
-        pos = np.clip(xy.T, 0, ((m.w - 1,), (m.h - 1,))).astype(ft)  # (2, P)
-        t = self._t.astype(ft)
-        xa, ya = pos[0][ia], pos[1][ia]  # (T,) each, contiguous
-        dx, dy = pos[0][ib] - xa, pos[1][ib] - ya
-        length = np.sqrt(dx * dx + dy * dy)
-        inv = 1 / np.maximum(length, _TINY)
-        ux, uy = dx * inv, dy * inv  # unit edge vector
-        # (S, T) flat offsets of the sample pixels, rounded to the nearest pixel. Samples run
-        # along axis 0 so the per-candidate sums below add whole rows (fast), and the work is
-        # done in place: on noise maps T reaches E * max_peaks_per_part^2.
-        off = np.multiply(t[:, None], dy)
-        off += ya
-        np.rint(off, out=off)
-        off *= pr
-        offx = np.multiply(t[:, None], dx)
-        offx += xa
-        np.rint(offx, out=offx)
-        offx *= pc
-        off += offx
-        off = off.astype(np.intp)
-        chx, chy = (self._pafx * pk)[eid], (self._pafy * pk)[eid]
-        dot = m.paf[chx + off]  # (S, T) PAF x component, then PAF . unit edge vector
-        vy = m.paf[chy + off]
+        p = np.clip(pos, 0, g.bounds).astype(ft)
+        pa = p[:, ia]  # (2, T)
+        d = p[:, ib] - pa
+        length = np.hypot(d[0], d[1])
+        unit = d / np.maximum(length, _TINY)
+        pts = d[:, None, :] * self._t.astype(ft)[None, :, None]  # (2, S, T) samples
+        pts += pa[:, None, :]
+        short = np.flatnonzero(length < 1.0)
+        if short.size:  # the window around the midpoint, cycled to S samples
+            mid = np.rint(pa[:, short] + d[:, short] * 0.5)
+            pts[:, :, short] = np.clip(
+                mid[:, None, :] + self._win_s[:, :, None], 0, g.bounds[:, :, None]
+            )
+        np.rint(pts, out=pts)
+        off = (pts[1] * g.strides_paf_r + pts[0] * g.paf_strides[2]).astype(np.intp)  # (S, T)
+        vals = m.paf[g.chan[:, eid][:, None, :] + off]  # (2, S, T) PAF x and y at the samples
         with np.errstate(invalid="ignore", over="ignore"):  # inf * 0: sanitised below
-            dot *= ux
-            vy *= uy
-            dot += vy
-        short = np.flatnonzero((length < 1.0) & (length > 0))
-        if short.size:
-            mid = np.stack([xa[short] + dx[short] / 2, ya[short] + dy[short] / 2], 1)
-            unit = np.stack([ux[short], uy[short]], 1)
-            dot[:, short] = self._short_dot(m, mid, unit, chx[short], chy[short])
-        with np.errstate(invalid="ignore", over="ignore"):
-            score = dot.sum(0) / len(t)
+            dot = (vals * unit[:, None, :]).sum(0)  # (S, T) PAF . unit edge vector
+            if short.size:
+                dot[:, short] = dot[:, short].max(0)
+            score = dot.sum(0) / len(self._t)
         if not np.isfinite(score).all():  # NaN/inf in the PAF: no evidence there
             dot = np.where(np.isnan(dot), 0.0, np.clip(dot, -1.0, 1.0))
-            score = dot.sum(0) / len(t)
+            score = dot.sum(0) / len(self._t)
         count = (dot > self.threshold_edge_score).sum(0)
         ok = (count > self.threshold_edge_sampling_counter) & (length > 0)
         return eid, ia, ib, score, count, ok
 
-    def _short_dot(self, m: _Maps, mid, unit, chx, chy):
-        """(n,) best PAF . unit over the 3x3 window around each short limb's midpoint."""
-        _, pr, pc = m.paf_strides
-        win = np.arange(-1, 2)
-        cx = np.clip(np.rint(mid[:, :1]) + win, 0, m.w - 1)  # (n, 3)
-        cy = np.clip(np.rint(mid[:, 1:]) + win, 0, m.h - 1)
-        off = (cy[:, :, None] * pr + cx[:, None, :] * pc).reshape(len(mid), 9).astype(np.intp)
-        vx, vy = m.paf[chx[:, None] + off], m.paf[chy[:, None] + off]
-        return np.max(vx * unit[:, :1] + vy * unit[:, 1:], axis=1)
-
-    def _objects(self, part, score, xy, root, acc_a, acc_score, h, w, output_scale):
+    def _objects(self, part, score, pos, root, acc_a, acc_score, h, w, scale):
         """Steps 6-7 and 9: objects from the union-find roots, merged, filtered, scaled."""
-        k = self._k
-        if part.size == 0:
-            return []
-        is_root = root == np.arange(part.size)
-        obj = (np.cumsum(is_root) - 1)[root]  # (P,) object of each peak
-        nobj = int(is_root.sum())
-        peak_of = np.full((nobj, k), -1, np.intp)  # (O, K) peak index per part
-        peak_of[obj, part] = np.arange(part.size)
+        n = part.size
+        obj = _relabel(root)
+        nobj = int(obj.max()) + 1
+        peak_of = np.full((nobj, self._k), -1, np.intp)  # (O, K) peak index per part
+        peak_of[obj, part] = np.arange(n)
         part_sum = np.bincount(obj, weights=score, minlength=nobj)
         edge_sum = np.bincount(obj[acc_a], weights=acc_score, minlength=nobj)
         if nobj > 1 and self.threshold_split_score > 0:
             peak_of, part_sum, edge_sum = self._merge_split(
-                peak_of, part_sum, edge_sum, score, xy, part, obj
+                peak_of, part_sum, edge_sum, score, pos, part, obj
             )
         nparts = (peak_of >= 0).sum(1)
-        oscore = (part_sum + edge_sum) / self._norm
+        oscore = (part_sum + edge_sum) * (1.0 / self._norm)
         keep = np.flatnonzero(
             (nparts > self.threshold_part_counter) & (oscore >= self.threshold_object_score)
         )
         if keep.size == 0:
             return []
-        keep = keep[np.argsort(-oscore[keep], kind="stable")]
-        rows, cols = _as_scale(output_scale, "output_scale") or self.output_scale or (h, w)
+        if keep.size > 1:
+            keep = keep[np.argsort(-oscore[keep], kind="stable")]
+        rows, cols = scale
+        # one (x, y, score) row per peak and a last row for missing parts (peak index -1)
+        table = np.empty((n + 1, 3))
+        table[:n, 0] = (pos[0] + 0.5) * (cols / w)
+        table[:n, 1] = (pos[1] + 0.5) * (rows / h)
+        table[:n, 2] = score
+        table[n] = (np.nan, np.nan, 0.0)
         pk = peak_of[keep]  # (O', K)
-        has = pk >= 0
-        kp = np.full(pk.shape + (3,), np.nan)
-        kp[..., 2] = 0.0
-        sel = pk[has]
-        kp[has, :2] = (xy[sel] + 0.5) * (cols / w, rows / h)
-        kp[has, 2] = score[sel]
+        kp = table[pk]  # (O', K, 3)
         return [
-            Skeleton(kp[i], float(oscore[o]), int(nparts[o]), pk[i])
-            for i, o in enumerate(keep.tolist())
+            Skeleton(kp[i], float(s), int(c), pk[i])
+            for i, (s, c) in enumerate(
+                zip(oscore[keep].tolist(), nparts[keep].tolist(), strict=True)
+            )
         ]
 
-    def _merge_split(self, peak_of, part_sum, edge_sum, score, xy, part, obj):
+    def _merge_split(self, peak_of, part_sum, edge_sum, score, pos, part, obj):
         """Step 6: merge objects whose common parts are all within threshold_split_score.
 
         Candidates come from pairs of same-part peaks in different objects closer than the
@@ -630,7 +605,7 @@ class OpenPoseDecoder:
         i, j = first + local // n, first + local % n
         sel = (i < j) & (obj[i] != obj[j])
         i, j = i[sel], j[sel]
-        dx, dy = xy[i, 0] - xy[j, 0], xy[i, 1] - xy[j, 1]
+        dx, dy = pos[0, i] - pos[0, j], pos[1, i] - pos[1, j]
         near = dx * dx + dy * dy <= lim * lim
         if not near.any():
             return peak_of, part_sum, edge_sum
@@ -640,6 +615,7 @@ class OpenPoseDecoder:
         key = key[np.r_[True, key[1:] != key[:-1]]]  # distinct object pairs (np.unique is slower)
         pairs = np.stack(np.divmod(key, nobj), 1)  # (C, 2)
         # keep the pairs whose common parts are all near (vectorised; most fail on noise maps)
+        xy = pos.T
         a, b = peak_of[pairs[:, 0]], peak_of[pairs[:, 1]]  # (C, K)
         both = (a >= 0) & (b >= 0)
         dist2 = ((xy[a] - xy[b]) ** 2).sum(-1)  # junk where not both; masked next
@@ -666,19 +642,37 @@ class OpenPoseDecoder:
 
 
 @dataclass
-class _Maps:
-    """One image's maps, prepared: padded heatmap and flat PAF with their strides."""
+class _Geometry:
+    """Constants of one map shape and layout."""
 
-    pad: np.ndarray  # flat heatmap with a -inf border (maxpool_kernel // 2), input layout
+    key: str  # name of the thread's bordered heatmap buffer
+    pad_shape: tuple[int, int, int]  # bordered heatmap shape, input layout
+    strides: tuple[int, int, int]  # (part, row, col) element strides of the bordered heatmap
+    paf_strides: tuple[int, int, int]  # (channel, row, col) element strides of the PAF
+    nms: np.ndarray  # flat offsets: the pixel, then its NMS window neighbours in raster order
+    cross: np.ndarray  # flat offsets of the pixel and its 4 neighbours (refinement)
+    window: np.ndarray  # flat offsets of the 3x3 window, and (drow, dcol) in window_rc
+    window_rc: np.ndarray
+    chan: np.ndarray  # (2, E) flat offsets of each edge's PAF x and y channels
+    bounds: np.ndarray  # (2, 1) largest map coordinates (u, v)
+
+    @property
+    def strides_paf_r(self) -> int:
+        return self.paf_strides[1]
+
+
+@dataclass
+class _Maps:
+    """One image's maps, prepared."""
+
+    pad: np.ndarray  # flat heatmap inside its -inf border, input layout
     heat: np.ndarray  # the heatmap as given, 3-D
     maxpool: np.ndarray | None  # maxpool_heatmap as given, or None
     paf: np.ndarray  # flat PAF, input layout
     h: int
     w: int
     chw: bool
-    strides: tuple[int, int, int]  # (part, row, col) element strides of ``pad``
-    paf_strides: tuple[int, int, int]  # (channel, row, col) element strides of ``paf``
-    offsets: np.ndarray  # flat offsets of the NMS window's neighbours in ``pad``
+    geo: _Geometry
     sorted: bool  # peaks come out grouped by part
 
 
@@ -699,6 +693,27 @@ def _as_scale(value: Any, name: str) -> tuple[float, float] | None:
     return float(vals[0]), float(vals[1])
 
 
+def _refine_border(vals, lv, curv):
+    """(2, P) quadratic refinement where peaks may touch the map border (one side missing)."""
+    inside = vals[1:] != -np.inf  # (4, P): left, up, right, down
+    both = inside[:2] & inside[2:]  # (2, P) per axis
+    # an isotropic Gaussian has one curvature: borrow the other axis's at a border
+    c = np.where(both, curv, np.nan)
+    c = np.where(both, c, c[::-1])
+    c0, minus, plus = lv[0], lv[1:3], lv[3:5]
+    slope = np.where(
+        both, (plus - minus) / 2, np.where(inside[2:], plus - c0 - c / 2, c0 - minus + c / 2)
+    )
+    one = inside[:2] | inside[2:]
+    return np.where((c < 0) & one, -slope / c, 0.0)
+
+
+def _relabel(root: np.ndarray) -> np.ndarray:
+    """Object index 0..O-1 of each peak from its union-find root (roots are their own)."""
+    is_root = root == np.arange(root.size)
+    return (np.cumsum(is_root) - 1)[root]
+
+
 def _cap_index(part: np.ndarray, score: np.ndarray, cap: int) -> np.ndarray:
     """Sorted indices of the ``cap`` best entries of each part (ties: earlier first)."""
     score = np.where(np.isnan(score), -np.inf, score)
@@ -707,12 +722,6 @@ def _cap_index(part: np.ndarray, score: np.ndarray, cap: int) -> np.ndarray:
     counts = np.bincount(part_o)
     rank = np.arange(part_o.size) - np.repeat(np.cumsum(counts) - counts, counts)
     return np.sort(order[rank < cap])
-
-
-def _cap(part, row, col, flat, score, cap):
-    """Keep the ``cap`` best peaks of each part."""
-    sel = _cap_index(part, score, cap)
-    return part[sel], row[sel], col[sel], flat[sel], score[sel]
 
 
 def _one_to_one(key_a: np.ndarray, key_b: np.ndarray, num_keys: int) -> np.ndarray:
@@ -734,22 +743,37 @@ def _one_to_one(key_a: np.ndarray, key_b: np.ndarray, num_keys: int) -> np.ndarr
         mutual = first[a] == pos
         first[b[::-1]] = pos[::-1]
         mutual &= first[b] == pos
+        if mutual.all():  # no conflicts left
+            chosen.append(alive)
+            break
         chosen.append(alive[mutual])
         used[a[mutual]] = True
         used[b[mutual]] = True
         alive = alive[~(used[a] | used[b])]
+    if len(chosen) == 1:
+        return chosen[0]
     return np.sort(np.concatenate(chosen)) if chosen else alive
 
 
-def _greedy_union(cand_a: list[int], cand_b: list[int], part: list[int]):
-    """Greedy matching over edges sorted by score: join two objects unless a part would repeat.
+def _greedy_union(cand_e: list[int], cand_a: list[int], cand_b: list[int], part: list[int]):
+    """Greedy matching over edges sorted by score.
 
-    Returns each peak's root (object id) and the positions of the accepted edges.
+    An edge is taken unless one of its peaks already has an edge of its type (one-to-one per
+    edge type, as ``_one_to_one``); a taken edge joins the objects of its two peaks unless they
+    would then hold two peaks of one part. Returns each peak's root (object id) and the
+    positions of the accepted edges.
     """
-    parent = list(range(len(part)))
+    n = len(part)
+    parent = list(range(n))
     mask = [1 << p for p in part]
     accepted = []
-    for i, (a, b) in enumerate(zip(cand_a, cand_b, strict=True)):
+    used = set()
+    for i, (e, a, b) in enumerate(zip(cand_e, cand_a, cand_b, strict=True)):
+        ka, kb = e * n + a, e * n + b
+        if ka in used or kb in used:
+            continue
+        used.add(ka)
+        used.add(kb)
         ra = a
         while parent[ra] != ra:
             ra = parent[ra]
@@ -762,11 +786,9 @@ def _greedy_union(cand_a: list[int], cand_b: list[int], part: list[int]):
         parent[rb] = ra
         mask[ra] |= mask[rb]
         accepted.append(i)
-    root = np.asarray(parent, dtype=np.intp)
-    if root.size:
-        while True:  # pointer jumping to the roots
-            nxt = root[root]
-            if np.array_equal(nxt, root):
-                break
-            root = nxt
-    return root, np.asarray(accepted, dtype=np.intp)
+    for i in range(len(parent)):  # every peak straight to its root
+        r = parent[i]
+        while parent[r] != r:
+            r = parent[r]
+        parent[i] = r
+    return np.asarray(parent, dtype=np.intp), np.asarray(accepted, dtype=np.intp)
