@@ -403,7 +403,7 @@ def resolve_path(p: str | Path | None) -> Path | None:
     if p is None or str(p) == "":
         return None
     p = Path(os.path.expanduser(str(p)))
-    return p if p.is_absolute() else Path.cwd() / p
+    return (p if p.is_absolute() else Path.cwd() / p).resolve()
 
 
 def decoder_params(cfg_decoder: Mapping[str, Any] | None) -> dict[str, Any]:
