@@ -51,7 +51,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -80,6 +80,8 @@ _SPARSE_FRACTION = 1 / 16
 # more accepted edge candidates than this (noise maps) are thinned to one-to-one per edge type
 # with whole-array rounds before the Python matching loop
 _VECTOR_MATCH = 256
+# up to this many peaks, edge candidates come from a (P, P) table of part pairs
+_PAIR_TABLE = 256
 _TINY = 1e-12
 
 
@@ -194,6 +196,13 @@ class OpenPoseDecoder:
         win = np.array([(dc, dr) for dr in (-1, 0, 1) for dc in (-1, 0, 1)], np.float64)
         self._win_s = win[np.arange(self.edge_sampling_steps) % 9].T.copy()
         self._geometries: dict[tuple, _Geometry] = {}
+        # K x K table of the edge joining two parts (-1: none); None when two edges join the
+        # same parts (either way round), which the table cannot hold
+        pairs = {frozenset(e) for e in topology.edges}
+        self._edge_of = None
+        if len(pairs) == self._e:
+            self._edge_of = np.full((self._k, self._k), -1, np.intp)
+            self._edge_of[self._ea, self._eb] = self._eidx
         self._buffers = threading.local()  # per-thread bordered heatmaps, reused between calls
 
     # ------------------------------------------------------------------ construction
@@ -269,6 +278,12 @@ class OpenPoseDecoder:
         output_scale: Any = None,
     ) -> DecodeTrace:
         """Decode one image and keep every intermediate step (see ``DecodeTrace``)."""
+        # NaN and inf inputs are handled explicitly where they matter (never a peak, no edge
+        # evidence, sanitised scores); numpy's warnings about them are noise here
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            return self._trace(heatmap, paf, maxpool_heatmap, layout, output_scale)
+
+    def _trace(self, heatmap, paf, maxpool_heatmap, layout, output_scale) -> DecodeTrace:
         m = self._prepare(heatmap, paf, maxpool_heatmap, layout)
         scale = _as_scale(output_scale, "output_scale") or self.output_scale or (m.h, m.w)
 
@@ -312,7 +327,7 @@ class OpenPoseDecoder:
 
         # ---- steps 6-7, 9: objects, merge split graphs, filters, output scaling
         skeletons = self._objects(
-            part, score, pos, root, ca[accepted], cscore[accepted], m.h, m.w, scale
+            part, score, pos, pflat, m.geo, root, ca[accepted], cscore[accepted], m.h, m.w, scale
         )
         return DecodeTrace(
             part, row, col, score, pos.T, ce, ca, cb, cscore, ccount, cok, accepted, skeletons
@@ -471,21 +486,20 @@ class OpenPoseDecoder:
     def _refine(self, m: _Maps, pflat):
         """(2, P) sub-pixel offsets (du, dv) in [-0.5, 0.5] from the heatmap around each peak."""
         g = m.geo
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            if self.refine_method == "centroid":
-                vals = m.pad[g.window[:, None] + pflat]  # (9, P)
-                wts = np.where(vals > 0, np.minimum(vals, 1e30), 0.0)  # border, NaN, < 0: none
-                out = (g.window_rc[:, ::-1].T @ wts) / np.maximum(wts.sum(0), _TINY)
-                return np.clip(out, -0.5, 0.5)
-            # parabola through the log values of the 3x3 cross: exact for a Gaussian peak
-            vals = m.pad[g.cross[:, None] + pflat]  # (5, P): centre, left, up, right, down
-            lv = np.log(np.maximum(vals, _TINY))
-            minus, plus = lv[1:3], lv[3:5]  # (2, P): (left, up), (right, down)
-            curv = minus + plus - 2 * lv[0]
-            if vals.min() == -np.inf:  # a peak on the map border: one neighbour is missing
-                out = _refine_border(vals, lv, curv)
-            else:
-                out = np.where(curv < 0, (minus - plus) / (2 * curv), 0.0)  # NaN -> 0
+        if self.refine_method == "centroid":
+            vals = m.pad[g.window[:, None] + pflat]  # (9, P)
+            wts = np.where(vals > 0, np.minimum(vals, 1e30), 0.0)  # border, NaN, < 0: none
+            out = (g.window_rc[:, ::-1].T @ wts) / np.maximum(wts.sum(0), _TINY)
+            return np.clip(out, -0.5, 0.5)
+        # parabola through the log values of the 3x3 cross: exact for a Gaussian peak
+        vals = m.pad[g.cross[:, None] + pflat]  # (5, P): centre, left, up, right, down
+        lv = np.log(np.maximum(vals, _TINY))
+        minus, plus = lv[1:3], lv[3:5]  # (2, P): (left, up), (right, down)
+        curv = minus + plus - 2 * lv[0]
+        if vals.min() == -np.inf:  # a peak on the map border: one neighbour is missing
+            out = _refine_border(vals, lv, curv)
+        else:
+            out = np.where(curv < 0, (minus - plus) / (2 * curv), 0.0)  # NaN -> 0
         return np.clip(out, -0.5, 0.5)
 
     def _score_edges(self, m: _Maps, part, pos):
@@ -506,9 +520,12 @@ class OpenPoseDecoder:
         if total == 0:
             z = np.zeros(0, np.intp)
             return z, z, z, np.zeros(0), z, np.zeros(0, bool)
-        if npairs.max() == 1:  # at most one pair per edge (one object): no enumeration
-            eid = np.flatnonzero(npairs)
-            ia, ib = starts[self._ea[eid]], starts[self._eb[eid]]
+        if self._edge_of is not None and part.size <= _PAIR_TABLE:
+            # every (peak, peak) pair whose parts an edge joins, from a K x K table: a few
+            # calls on P^2 elements instead of an enumeration per edge
+            table = self._edge_of[part[:, None], part]  # (P, P) edge index or -1
+            ia, ib = np.nonzero(table >= 0)
+            eid = table[ia, ib]
         else:
             eid = np.repeat(self._eidx, npairs)  # (T,) edge of each candidate
             local = np.arange(total) - np.repeat(np.cumsum(npairs) - npairs, npairs)
@@ -535,11 +552,10 @@ class OpenPoseDecoder:
         np.rint(pts, out=pts)
         off = (pts[1] * g.strides_paf_r + pts[0] * g.paf_strides[2]).astype(np.intp)  # (S, T)
         vals = m.paf[g.chan[:, eid][:, None, :] + off]  # (2, S, T) PAF x and y at the samples
-        with np.errstate(invalid="ignore", over="ignore"):  # inf * 0: sanitised below
-            dot = (vals * unit[:, None, :]).sum(0)  # (S, T) PAF . unit edge vector
-            if short.size:
-                dot[:, short] = dot[:, short].max(0)
-            score = dot.sum(0) / len(self._t)
+        dot = (vals * unit[:, None, :]).sum(0)  # (S, T) PAF . unit edge vector
+        if short.size:
+            dot[:, short] = dot[:, short].max(0)
+        score = dot.sum(0) / len(self._t)
         if not np.isfinite(score).all():  # NaN/inf in the PAF: no evidence there
             dot = np.where(np.isnan(dot), 0.0, np.clip(dot, -1.0, 1.0))
             score = dot.sum(0) / len(self._t)
@@ -547,7 +563,7 @@ class OpenPoseDecoder:
         ok = (count > self.threshold_edge_sampling_counter) & (length > 0)
         return eid, ia, ib, score, count, ok
 
-    def _objects(self, part, score, pos, root, acc_a, acc_score, h, w, scale):
+    def _objects(self, part, score, pos, pflat, geo, root, acc_a, acc_score, h, w, scale):
         """Steps 6-7 and 9: objects from the union-find roots, merged, filtered, scaled."""
         n = part.size
         obj = _relabel(root)
@@ -556,7 +572,7 @@ class OpenPoseDecoder:
         peak_of[obj, part] = np.arange(n)
         part_sum = np.bincount(obj, weights=score, minlength=nobj)
         edge_sum = np.bincount(obj[acc_a], weights=acc_score, minlength=nobj)
-        if nobj > 1 and self.threshold_split_score > 0:
+        if nobj > 1 and self.threshold_split_score > 0 and self._near_peaks(pflat, geo):
             peak_of, part_sum, edge_sum = self._merge_split(
                 peak_of, part_sum, edge_sum, score, pos, part, obj
             )
@@ -584,6 +600,39 @@ class OpenPoseDecoder:
                 zip(oscore[keep].tolist(), nparts[keep].tolist(), strict=True)
             )
         ]
+
+    def _near_peaks(self, pflat, geo: _Geometry) -> bool:
+        """Cheap necessary test for step 6: do two peaks of one part sit within
+        threshold_split_score + 1 pixels (refinement moves each by at most half a pixel)?
+
+        Peak pixels are marked in a per-thread boolean image of the bordered heatmap and looked
+        up at the offsets of that disc; offsets that wrap into another row or part only cause a
+        needless exact check.
+        """
+        lim = self.threshold_split_score + 1.0
+        offs = geo.near.get(lim)
+        if offs is None:
+            sr, sc, n = geo.strides[1], geo.strides[2], int(lim)
+            offs = geo.near[lim] = np.array(
+                [
+                    dr * sr + dc * sc
+                    for dr in range(0, n + 1)
+                    for dc in range(-n, n + 1)
+                    if (dr > 0 or dc > 0) and dr * dr + dc * dc <= lim * lim
+                ],
+                np.intp,
+            )
+        if offs.size == 0:
+            return False
+        key = "marks_" + geo.key
+        marks = self._buffers.__dict__.get(key)
+        if marks is None:  # margin: the largest offset past the end
+            size = int(np.prod(geo.pad_shape)) + int(offs.max()) + 1
+            marks = self._buffers.__dict__[key] = np.zeros(size, bool)
+        marks[pflat] = True
+        hit = marks[offs[:, None] + pflat].any()
+        marks[pflat] = False
+        return bool(hit)
 
     def _merge_split(self, peak_of, part_sum, edge_sum, score, pos, part, obj):
         """Step 6: merge objects whose common parts are all within threshold_split_score.
@@ -655,6 +704,7 @@ class _Geometry:
     window_rc: np.ndarray
     chan: np.ndarray  # (2, E) flat offsets of each edge's PAF x and y channels
     bounds: np.ndarray  # (2, 1) largest map coordinates (u, v)
+    near: dict = field(default_factory=dict)  # split-merge pre-test offsets by radius
 
     @property
     def strides_paf_r(self) -> int:
