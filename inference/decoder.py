@@ -82,6 +82,8 @@ _SPARSE_FRACTION = 1 / 16
 _VECTOR_MATCH = 256
 # up to this many peaks, edge candidates come from a (P, P) table of part pairs
 _PAIR_TABLE = 256
+# edge candidates are scored in blocks of this many (arrays of S x block stay in cache)
+_CHUNK = 4096
 _TINY = 1e-12
 
 
@@ -537,11 +539,25 @@ class OpenPoseDecoder:
         # memory traffic on noise maps) while it holds every flat offset exactly
         ft = np.float32 if m.paf.size < 1 << 24 else np.float64
         p = np.clip(pos, 0, g.bounds).astype(ft)
+        if eid.size <= _CHUNK:
+            score, count, length = self._sample(m, p, eid, ia, ib)
+        else:  # noise maps: blocks that stay in cache
+            parts = [
+                self._sample(m, p, eid[i : i + _CHUNK], ia[i : i + _CHUNK], ib[i : i + _CHUNK])
+                for i in range(0, eid.size, _CHUNK)
+            ]
+            score, count, length = (np.concatenate(x) for x in zip(*parts, strict=True))
+        ok = (count > self.threshold_edge_sampling_counter) & (length > 0)
+        return eid, ia, ib, score, count, ok
+
+    def _sample(self, m: _Maps, p, eid, ia, ib):
+        """Score, count of samples above threshold_edge_score, and length of candidates."""
+        g = m.geo
         pa = p[:, ia]  # (2, T)
         d = p[:, ib] - pa
         length = np.hypot(d[0], d[1])
         unit = d / np.maximum(length, _TINY)
-        pts = d[:, None, :] * self._t.astype(ft)[None, :, None]  # (2, S, T) samples
+        pts = d[:, None, :] * self._t.astype(p.dtype)[None, :, None]  # (2, S, T) samples
         pts += pa[:, None, :]
         short = np.flatnonzero(length < 1.0)
         if short.size:  # the window around the midpoint, cycled to S samples
@@ -551,8 +567,12 @@ class OpenPoseDecoder:
             )
         np.rint(pts, out=pts)
         off = (pts[1] * g.strides_paf_r + pts[0] * g.paf_strides[2]).astype(np.intp)  # (S, T)
-        vals = m.paf[g.chan[:, eid][:, None, :] + off]  # (2, S, T) PAF x and y at the samples
-        dot = (vals * unit[:, None, :]).sum(0)  # (S, T) PAF . unit edge vector
+        chan = g.chan[:, eid]  # (2, T) PAF x and y channel offsets
+        dot = m.paf[chan[0] + off]  # (S, T) PAF x, then PAF . unit edge vector
+        dot *= unit[0]
+        vy = m.paf[chan[1] + off]
+        vy *= unit[1]
+        dot += vy
         if short.size:
             dot[:, short] = dot[:, short].max(0)
         score = dot.sum(0) / len(self._t)
@@ -560,8 +580,7 @@ class OpenPoseDecoder:
             dot = np.where(np.isnan(dot), 0.0, np.clip(dot, -1.0, 1.0))
             score = dot.sum(0) / len(self._t)
         count = (dot > self.threshold_edge_score).sum(0)
-        ok = (count > self.threshold_edge_sampling_counter) & (length > 0)
-        return eid, ia, ib, score, count, ok
+        return score, count, length
 
     def _objects(self, part, score, pos, pflat, geo, root, acc_a, acc_score, h, w, scale):
         """Steps 6-7 and 9: objects from the union-find roots, merged, filtered, scaled."""
@@ -767,11 +786,16 @@ def _relabel(root: np.ndarray) -> np.ndarray:
 def _cap_index(part: np.ndarray, score: np.ndarray, cap: int) -> np.ndarray:
     """Sorted indices of the ``cap`` best entries of each part (ties: earlier first)."""
     score = np.where(np.isnan(score), -np.inf, score)
-    order = np.lexsort((-score, part))
-    part_o = part[order]
-    counts = np.bincount(part_o)
-    rank = np.arange(part_o.size) - np.repeat(np.cumsum(counts) - counts, counts)
-    return np.sort(order[rank < cap])
+    by_part = np.argsort(part.astype(np.int16), kind="stable")  # radix sort, keeps order
+    counts = np.bincount(part)
+    ends = np.cumsum(counts)
+    keep = []
+    for k in np.flatnonzero(counts).tolist():  # a loop over parts, not peaks
+        idx = by_part[ends[k] - counts[k] : ends[k]]
+        if idx.size > cap:
+            idx = idx[np.argsort(-score[idx], kind="stable")[:cap]]
+        keep.append(idx)
+    return np.sort(np.concatenate(keep))
 
 
 def _one_to_one(key_a: np.ndarray, key_b: np.ndarray, num_keys: int) -> np.ndarray:
