@@ -163,3 +163,36 @@ def test_cli_exports_and_exits_zero(ckpt, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "onnx.checker: ok" in proc.stdout and out.is_file()
     assert (tmp_path / "cli.decoder.json").is_file()
+
+
+def test_int8_export_keeps_names_and_metadata(ckpt, tmp_path):
+    import cv2
+
+    from tests.deploy_fixtures import random_image
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i in range(4):
+        cv2.imwrite(str(calib / f"{i}.jpg"), random_image(120, 160, seed=i))
+    cfg = export_cfg(ckpt, output=str(tmp_path / "q.onnx"), int8=True)
+    cfg["quantize"] = {"images": [str(tmp_path / "missing"), str(calib)], "count": 4}
+    result = run(cfg)
+    q = onnx.load(str(result["int8"]))
+    ops = {n.op_type for n in q.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert sorted(o.name for o in q.graph.output) == sorted(OUTPUT_NAMES)
+    fp32, int8 = load_runtime(result["onnx"]), load_runtime(result["int8"])
+    assert int8.info == fp32.info
+    x = np.stack([fp32.preprocess(random_image(120, 160, seed=i))[0] for i in range(2)])
+    a, b = fp32(x), int8(x)
+    for name in OUTPUT_NAMES:
+        scale = float(np.abs(a[name]).max())
+        # 8-bit activations: errors of a few quantisation steps of the output's range
+        assert np.abs(a[name] - b[name]).max() <= 0.1 * scale + 1e-3, name
+
+
+def test_int8_without_calibration_images_is_refused(ckpt, tmp_path):
+    cfg = export_cfg(ckpt, output=str(tmp_path / "q.onnx"), int8=True)
+    cfg["quantize"] = {"images": [str(tmp_path / "nothing-here")], "count": 4}
+    with pytest.raises(FileNotFoundError, match="INT8 calibration needs real images"):
+        run(cfg)
