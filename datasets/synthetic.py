@@ -41,13 +41,14 @@ from datasets.topology import Topology, topology_from_config
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2  # bump when the generator changes, so ensure() regenerates old sets
+FORMAT = 3  # bump when the generator changes, so ensure() regenerates old sets
 SPLITS = ("train", "val")
 DEFAULTS = {
     "num_train": 256,
     "num_val": 64,
     "image_size": [256, 256],
-    "max_figures": 4,
+    "max_figures": 3,
+    "figure_size": [0.35, 0.9],  # figure height as a fraction of the image's shorter side
     "seed": 0,
     "jpeg_quality": 90,
     "unlabelled_prob": 0.08,  # per figure: drawn but with no keypoints (an ignore region)
@@ -136,7 +137,7 @@ def _background(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     if rng.random() < 0.5:
         ends = ends.transpose(1, 0, 2)  # horizontal instead of vertical gradient
     img = cv2.resize(ends, (w, h), interpolation=cv2.INTER_LINEAR)
-    for _ in range(rng.integers(0, 6)):  # distractors: blobs and boxes, never limb-like lines
+    for _ in range(rng.integers(0, 4)):  # distractors: blobs and boxes, never limb-like lines
         color = tuple(float(x) for x in rng.uniform(0, 255, 3))
         x, y = int(rng.integers(0, w)), int(rng.integers(0, h))
         if rng.random() < 0.5:
@@ -264,8 +265,9 @@ def render_image(
     for i in range(int(rng.integers(1, int(settings["max_figures"]) + 1))):
         pose = _person_pose(rng) if person else _tree_pose(topology, rng)
         extent = 2.9 if person else 1.6  # body units from head top to feet
-        unit = span * rng.uniform(0.2, 0.85) / extent
-        angle = math.radians(rng.normal(0, 25) if rng.random() < 0.85 else rng.uniform(-180, 180))
+        unit = span * rng.uniform(*settings["figure_size"]) / extent
+        # mostly upright; now and then any way up
+        angle = math.radians(rng.normal(0, 25) if rng.random() < 0.95 else rng.uniform(-180, 180))
         # mostly inside, sometimes hanging over an edge
         centre = np.array((rng.uniform(-0.05, 1.05) * w, rng.uniform(0.0, 1.0) * h))
         kp = _place(pose - pose.mean(0), unit, angle, centre)
