@@ -182,6 +182,9 @@ class OpenPoseDecoder:
         # (S,) sample positions: centres of S equal pieces of the segment. The endpoints are the
         # parts themselves, which the limb field need not cover (the field stops at the joint).
         self._t = (np.arange(self.edge_sampling_steps) + 0.5) / self.edge_sampling_steps
+        self._ts = {
+            np.dtype(t).char: self._t.astype(t)[None, :, None] for t in (np.float32, np.float64)
+        }
         r = self.maxpool_kernel // 2
         offs = [
             (dr, dc) for dr in range(-r, r + 1) for dc in range(-r, r + 1) if (dr, dc) != (0, 0)
@@ -316,20 +319,20 @@ class OpenPoseDecoder:
 
         # ---- step 5: greedy matching by descending edge score: one-to-one per edge type,
         # and objects joined edge by edge unless a part would repeat
-        okidx = np.flatnonzero(cok)
+        okidx = cok.nonzero()[0]
         if okidx.size > 1:
             okidx = okidx[np.argsort(-cscore[okidx], kind="stable")]
             if okidx.size > _VECTOR_MATCH:  # noise maps: the one-to-one rounds as whole arrays
                 key = ce[okidx] * part.size
                 okidx = okidx[_one_to_one(key + ca[okidx], key + cb[okidx], self._e * part.size)]
-        root, accepted = _greedy_union(
+        obj, accepted = _greedy_union(
             ce[okidx].tolist(), ca[okidx].tolist(), cb[okidx].tolist(), part.tolist()
         )
         accepted = okidx[accepted]
 
         # ---- steps 6-7, 9: objects, merge split graphs, filters, output scaling
         skeletons = self._objects(
-            part, score, pos, pflat, m.geo, root, ca[accepted], cscore[accepted], m.h, m.w, scale
+            part, score, pos, pflat, m.geo, obj, ca[accepted], cscore[accepted], m.h, m.w, scale
         )
         return DecodeTrace(
             part, row, col, score, pos.T, ce, ca, cb, cscore, ccount, cok, accepted, skeletons
@@ -442,7 +445,7 @@ class OpenPoseDecoder:
                 keep = nb[0] > np.fmax.reduce(nb[1:], axis=0, initial=-np.inf)
                 part, row, col, pflat = part[keep], row[keep], col[keep], pflat[keep]
             return part, row, col, pflat
-        cand = np.flatnonzero(m.pad > thr)  # (M,) NaN and the -inf border compare False
+        cand = (m.pad > thr).nonzero()[0]  # (M,) NaN and the -inf border compare False
         if cand.size > m.heat.size * _SPARSE_FRACTION:
             return self._dense_nms(m)
         # (1 + k*k-1, M): the pixel, then its neighbours. Neighbours run along axis 0: numpy
@@ -492,7 +495,7 @@ class OpenPoseDecoder:
             vals = m.pad[g.window[:, None] + pflat]  # (9, P)
             wts = np.where(vals > 0, np.minimum(vals, 1e30), 0.0)  # border, NaN, < 0: none
             out = (g.window_rc[:, ::-1].T @ wts) / np.maximum(wts.sum(0), _TINY)
-            return np.clip(out, -0.5, 0.5)
+            return np.minimum(np.maximum(out, -0.5), 0.5)
         # parabola through the log values of the 3x3 cross: exact for a Gaussian peak
         vals = m.pad[g.cross[:, None] + pflat]  # (5, P): centre, left, up, right, down
         lv = np.log(np.maximum(vals, _TINY))
@@ -502,7 +505,7 @@ class OpenPoseDecoder:
             out = _refine_border(vals, lv, curv)
         else:
             out = np.where(curv < 0, (minus - plus) / (2 * curv), 0.0)  # NaN -> 0
-        return np.clip(out, -0.5, 0.5)
+        return np.minimum(np.maximum(out, -0.5), 0.5)  # (np.clip's wrapper is slow)
 
     def _score_edges(self, m: _Maps, part, pos):
         """Steps 3-4 for every candidate pair of every edge at once.
@@ -514,31 +517,30 @@ class OpenPoseDecoder:
         product.
         """
         g = m.geo
-        counts = np.bincount(part, minlength=self._k)
-        starts = np.cumsum(counts) - counts
-        na, nb = counts[self._ea], counts[self._eb]
-        npairs = na * nb  # (E,)
-        total = int(npairs.sum())
-        if total == 0:
-            z = np.zeros(0, np.intp)
-            return z, z, z, np.zeros(0), z, np.zeros(0, bool)
         if self._edge_of is not None and part.size <= _PAIR_TABLE:
             # every (peak, peak) pair whose parts an edge joins, from a K x K table: a few
             # calls on P^2 elements instead of an enumeration per edge
             table = self._edge_of[part[:, None], part]  # (P, P) edge index or -1
-            ia, ib = np.nonzero(table >= 0)
+            ia, ib = (table >= 0).nonzero()
             eid = table[ia, ib]
         else:
+            counts = np.bincount(part, minlength=self._k)
+            starts = np.cumsum(counts) - counts
+            nb = counts[self._eb]
+            npairs = counts[self._ea] * nb  # (E,)
             eid = np.repeat(self._eidx, npairs)  # (T,) edge of each candidate
-            local = np.arange(total) - np.repeat(np.cumsum(npairs) - npairs, npairs)
+            local = np.arange(eid.size) - np.repeat(np.cumsum(npairs) - npairs, npairs)
             nbe = nb[eid]
             ia = starts[self._ea][eid] + local // nbe  # (T,) from-peak
             ib = starts[self._eb][eid] + local % nbe  # (T,) to-peak
+        if eid.size == 0:
+            z = np.zeros(0, np.intp)
+            return z, z, z, np.zeros(0), z, np.zeros(0, bool)
         # positions clipped to the map (refined ones reach half a pixel past it), so that every
         # sample, a convex combination of two ends, rounds to a pixel inside; float32 (half the
         # memory traffic on noise maps) while it holds every flat offset exactly
         ft = np.float32 if m.paf.size < 1 << 24 else np.float64
-        p = np.clip(pos, 0, g.bounds).astype(ft)
+        p = np.minimum(np.maximum(pos, 0), g.bounds).astype(ft)
         if eid.size <= _CHUNK:
             score, count, length = self._sample(m, p, eid, ia, ib)
         else:  # noise maps: blocks that stay in cache
@@ -557,14 +559,13 @@ class OpenPoseDecoder:
         d = p[:, ib] - pa
         length = np.hypot(d[0], d[1])
         unit = d / np.maximum(length, _TINY)
-        pts = d[:, None, :] * self._t.astype(p.dtype)[None, :, None]  # (2, S, T) samples
+        pts = d[:, None, :] * self._ts[p.dtype.char]  # (2, S, T) samples
         pts += pa[:, None, :]
-        short = np.flatnonzero(length < 1.0)
+        short = (length < 1.0).nonzero()[0]
         if short.size:  # the window around the midpoint, cycled to S samples
             mid = np.rint(pa[:, short] + d[:, short] * 0.5)
-            pts[:, :, short] = np.clip(
-                mid[:, None, :] + self._win_s[:, :, None], 0, g.bounds[:, :, None]
-            )
+            win = np.maximum(mid[:, None, :] + self._win_s[:, :, None], 0)
+            pts[:, :, short] = np.minimum(win, g.bounds[:, :, None])
         np.rint(pts, out=pts)
         off = (pts[1] * g.strides_paf_r + pts[0] * g.paf_strides[2]).astype(np.intp)  # (S, T)
         chan = g.chan[:, eid]  # (2, T) PAF x and y channel offsets
@@ -576,16 +577,15 @@ class OpenPoseDecoder:
         if short.size:
             dot[:, short] = dot[:, short].max(0)
         score = dot.sum(0) / len(self._t)
-        if not np.isfinite(score).all():  # NaN/inf in the PAF: no evidence there
+        if not math.isfinite(score.sum()):  # NaN/inf in the PAF: no evidence there
             dot = np.where(np.isnan(dot), 0.0, np.clip(dot, -1.0, 1.0))
             score = dot.sum(0) / len(self._t)
         count = (dot > self.threshold_edge_score).sum(0)
         return score, count, length
 
-    def _objects(self, part, score, pos, pflat, geo, root, acc_a, acc_score, h, w, scale):
-        """Steps 6-7 and 9: objects from the union-find roots, merged, filtered, scaled."""
+    def _objects(self, part, score, pos, pflat, geo, obj, acc_a, acc_score, h, w, scale):
+        """Steps 6-7 and 9: objects from the matching, merged, filtered, scaled."""
         n = part.size
-        obj = _relabel(root)
         nobj = int(obj.max()) + 1
         peak_of = np.full((nobj, self._k), -1, np.intp)  # (O, K) peak index per part
         peak_of[obj, part] = np.arange(n)
@@ -595,11 +595,11 @@ class OpenPoseDecoder:
             peak_of, part_sum, edge_sum = self._merge_split(
                 peak_of, part_sum, edge_sum, score, pos, part, obj
             )
-        nparts = (peak_of >= 0).sum(1)
+        nparts = (peak_of >= 0).sum(1) if len(peak_of) != nobj else np.bincount(obj)
         oscore = (part_sum + edge_sum) * (1.0 / self._norm)
-        keep = np.flatnonzero(
+        keep = (
             (nparts > self.threshold_part_counter) & (oscore >= self.threshold_object_score)
-        )
+        ).nonzero()[0]
         if keep.size == 0:
             return []
         if keep.size > 1:
@@ -777,12 +777,6 @@ def _refine_border(vals, lv, curv):
     return np.where((c < 0) & one, -slope / c, 0.0)
 
 
-def _relabel(root: np.ndarray) -> np.ndarray:
-    """Object index 0..O-1 of each peak from its union-find root (roots are their own)."""
-    is_root = root == np.arange(root.size)
-    return (np.cumsum(is_root) - 1)[root]
-
-
 def _cap_index(part: np.ndarray, score: np.ndarray, cap: int) -> np.ndarray:
     """Sorted indices of the ``cap`` best entries of each part (ties: earlier first)."""
     score = np.where(np.isnan(score), -np.inf, score)
@@ -834,8 +828,8 @@ def _greedy_union(cand_e: list[int], cand_a: list[int], cand_b: list[int], part:
 
     An edge is taken unless one of its peaks already has an edge of its type (one-to-one per
     edge type, as ``_one_to_one``); a taken edge joins the objects of its two peaks unless they
-    would then hold two peaks of one part. Returns each peak's root (object id) and the
-    positions of the accepted edges.
+    would then hold two peaks of one part. Returns each peak's object index (0..O-1, in
+    order of first appearance) and the positions of the accepted edges.
     """
     n = len(part)
     parent = list(range(n))
@@ -860,9 +854,10 @@ def _greedy_union(cand_e: list[int], cand_a: list[int], cand_b: list[int], part:
         parent[rb] = ra
         mask[ra] |= mask[rb]
         accepted.append(i)
-    for i in range(len(parent)):  # every peak straight to its root
+    obj, label = [], {}
+    for i in range(n):  # object index 0..O-1 of every peak, from its root
         r = parent[i]
         while parent[r] != r:
             r = parent[r]
-        parent[i] = r
-    return np.asarray(parent, dtype=np.intp), np.asarray(accepted, dtype=np.intp)
+        obj.append(label.setdefault(r, len(label)))
+    return np.asarray(obj, dtype=np.intp), np.asarray(accepted, dtype=np.intp)
