@@ -310,9 +310,12 @@ class OpenPoseDecoder:
             part, row, col, pflat, score = part[o], row[o], col[o], pflat[o], score[o]
 
         # ---- step 8, for every peak up front (a few gathers): sub-pixel positions (u, v)
-        pos = np.stack([col, row]).astype(np.float64)  # (2, P) map index coordinates
         if self.refine_parts_coordinates:
-            pos += self._refine(m, pflat)
+            pos = self._refine(m, pflat)  # (2, P) offsets, then map index coordinates
+        else:
+            pos = np.zeros((2, part.size))
+        pos[0] += col
+        pos[1] += row
 
         # ---- steps 3-4: every candidate pair of every edge, scored on the PAF at once
         ce, ca, cb, cscore, ccount, cok = self._score_edges(m, part, pos)
