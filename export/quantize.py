@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -37,15 +37,19 @@ class ImageFolderReader:
 
 
 def calibration_images(
-    info: ModelInfo, folders: Sequence[str | Path | None], count: int
+    info: ModelInfo,
+    folders: Sequence[str | Path | None],
+    count: int,
+    exclude: Collection[str] = (),
 ) -> tuple[np.ndarray, str]:
-    """Up to ``count`` pre-processed images (N, 3, H, W) from the first folder that has any."""
+    """Up to ``count`` pre-processed images (N, 3, H, W) from the first folder that has any,
+    skipping file names in ``exclude`` (e.g. the images a comparison is made on)."""
     from export.onnx import list_images
     from inference.draw import read_rgb
 
     for folder in folders:
         if folder and Path(folder).is_dir():
-            files = list_images(folder)[:count]
+            files = [f for f in list_images(folder) if f.name not in exclude][:count]
             if files:
                 xs = [preprocess_image(read_rgb(f), info)[0] for f in files]
                 return np.stack(xs), f"{len(files)} images from {folder}"
@@ -70,6 +74,7 @@ def quantize_int8(
     per_channel: bool = True,
     method: str = "minmax",
     exclude_outputs: bool = False,
+    exclude_images: Collection[str] = (),
 ) -> Path:
     """Quantise ``onnx_path`` to QDQ INT8 at ``output`` (atomic), calibrated on image folders.
 
@@ -87,7 +92,7 @@ def quantize_int8(
 
     onnx_path, output = Path(onnx_path), Path(output)
     info = read_info(onnx_path)
-    images, _ = calibration_images(info, folders, count)
+    images, _ = calibration_images(info, folders, count, exclude_images)
     methods = {
         "minmax": CalibrationMethod.MinMax,
         "entropy": CalibrationMethod.Entropy,

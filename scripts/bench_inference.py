@@ -76,7 +76,9 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def load_model(ckpt: str | None, size: int, decoder: dict) -> tuple[torch.nn.Module, ModelInfo, str]:
+def load_model(
+    ckpt: str | None, size: int, decoder: dict
+) -> tuple[torch.nn.Module, ModelInfo, str]:
     from models import build_from_checkpoint, build_model
 
     if ckpt:
@@ -133,13 +135,27 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--threads", type=int, default=2, help="threads for torch and onnxruntime")
     ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--images", nargs="*", default=None,
-                    help="folders of images for output differences and skeletons "
-                    "(default: coco-mini val2017, and data/synthetic/val when present)")
+    ap.add_argument(
+        "--images",
+        nargs="*",
+        default=None,
+        help="folders of images for output differences and skeletons "
+        "(default: coco-mini val2017, and data/synthetic/val when present)",
+    )
     ap.add_argument("--count", type=int, default=16, help="images per folder")
     ap.add_argument("--calib", default=str(COCO_MINI / "train2017"), help="INT8 calibration images")
     ap.add_argument("--calib-count", type=int, default=32)
     ap.add_argument("--tol", type=float, default=2.0, help="keypoint tolerance, input pixels")
+    ap.add_argument(
+        "--int8-fp32-outputs",
+        action="store_true",
+        help="keep the two output 1x1 convolutions in fp32 in the INT8 model",
+    )
+    ap.add_argument(
+        "--e2e",
+        default=str(COCO_MINI / "val2017"),
+        help="images for the end-to-end predict throughput",
+    )
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -149,20 +165,42 @@ def main() -> None:
     flags = cpu_flags()
     has_bf16 = bool({"avx512_bf16", "amx_bf16"} & flags)
     print(f"model: {source}; input {args.size}x{args.size}; threads {args.threads}")
-    print(f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores; "
-          f"bf16: {'avx512_bf16' if 'avx512_bf16' in flags else '-'} "
-          f"{'amx' if 'amx_bf16' in flags else ''}; vnni: {'avx512_vnni' in flags}")
+    print(
+        f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores; "
+        f"bf16: {'avx512_bf16' if 'avx512_bf16' in flags else '-'} "
+        f"{'amx' if 'amx_bf16' in flags else ''}; vnni: {'avx512_vnni' in flags}"
+    )
     import onnxruntime as ort
 
     print(f"torch {torch.__version__}, onnxruntime {ort.__version__}")
+
+    folders = args.images
+    if folders is None:
+        folders = [str(COCO_MINI / "val2017"), str(REPO / "data" / "synthetic" / "val")]
+    folders = [f for f in folders if Path(f).is_dir() and list_images(f)]
+    if not folders:
+        raise SystemExit(f"no image folders found among {args.images or folders}")
+    compared = {p.name for f in folders for p in list_images(f)[: args.count]}
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_inference."))
     t = time.perf_counter()
     plain = export_onnx(model, info, tmp / "plain.onnx", deconv_as_conv=False)
     fast = export_onnx(model, info, tmp / "model.onnx", deconv_as_conv=True)
-    int8 = quantize_int8(fast, tmp / "model.int8.onnx", [args.calib], count=args.calib_count)
-    print(f"exported fp32 (x2) and quantised INT8 ({args.calib_count} calibration images from "
-          f"{args.calib}) in {time.perf_counter() - t:.0f} s")
+    # calibration never sees the images the comparison below is made on
+    int8 = quantize_int8(
+        fast,
+        tmp / "model.int8.onnx",
+        [args.calib],
+        count=args.calib_count,
+        exclude_images=compared,
+        exclude_outputs=args.int8_fp32_outputs,
+    )
+    print(
+        f"exported fp32 (x2) and quantised INT8 ({args.calib_count} calibration images from "
+        f"{args.calib}, none of the compared images"
+        f"{'; output convolutions kept fp32' if args.int8_fp32_outputs else ''}) in "
+        f"{time.perf_counter() - t:.0f} s"
+    )
 
     paths: dict[str, Runtime] = {"torch eager fp32": EagerRuntime(model, info)}
     if has_bf16:
@@ -172,12 +210,6 @@ def main() -> None:
     paths["onnxruntime int8 QDQ"] = OnnxRuntime(int8, threads=args.threads)
 
     # ---- latency on one real image
-    folders = args.images
-    if folders is None:
-        folders = [str(COCO_MINI / "val2017"), str(REPO / "data" / "synthetic" / "val")]
-    folders = [f for f in folders if Path(f).is_dir() and list_images(f)]
-    if not folders:
-        raise SystemExit(f"no image folders found among {args.images or folders}")
     first = list_images(folders[0])[0]
     x = paths["torch eager fp32"].preprocess(read_rgb(first))[0][None]  # (1, 3, H, W)
     times = latency(paths, x, args.rounds)
@@ -185,8 +217,9 @@ def main() -> None:
 
     # ---- output differences and skeletons vs fp32, per image folder
     dec = paths["torch eager fp32"].make_decoder(output_scale=list(info.input_size))
-    quality: dict[str, dict[str, float]] = {n: {"heatmap": 0.0, "paf": 0.0, "ref": 0, "match": 0,
-                                                "found": 0} for n in paths}
+    quality: dict[str, dict[str, float]] = {
+        n: {"heatmap": 0.0, "paf": 0.0, "ref": 0, "match": 0, "found": 0} for n in paths
+    }
     per_folder = []
     for folder in folders:
         files = list_images(folder)[: args.count]
@@ -199,21 +232,30 @@ def main() -> None:
         for n, o in outs.items():
             q = quality[n]
             q["heatmap"] = max(q["heatmap"], float(np.abs(o["heatmap"] - ref["heatmap"]).max()))
-            q["paf"] = max(q["paf"], float(np.abs(o["part_affinity_fields"] - ref["part_affinity_fields"]).max()))
+            q["paf"] = max(
+                q["paf"],
+                float(np.abs(o["part_affinity_fields"] - ref["part_affinity_fields"]).max()),
+            )
             sk = dec(o["heatmap"], o["part_affinity_fields"], o["maxpool_heatmap"])
             q["ref"] += n_ref
             q["found"] += sum(len(s) for s in sk)
-            q["match"] += sum(match_skeletons(r, g, args.tol) for r, g in zip(ref_sk, sk, strict=True))
+            q["match"] += sum(
+                match_skeletons(r, g, args.tol) for r, g in zip(ref_sk, sk, strict=True)
+            )
 
     print()
     print(f"network latency, batch 1, best of {args.rounds} interleaved rounds (median):")
-    print(f"{'path':40s} {'best ms':>8s} {'median':>8s} {'speedup':>8s} {'max|d| heat':>12s} "
-          f"{'max|d| paf':>11s}  skeletons = fp32")
+    print(
+        f"{'path':40s} {'best ms':>8s} {'median':>8s} {'speedup':>8s} {'max|d| heat':>12s} "
+        f"{'max|d| paf':>11s}  skeletons = fp32"
+    )
     for n in paths:
         b, med = min(times[n]) * 1e3, statistics.median(times[n]) * 1e3
         q = quality[n]
-        print(f"{n:40s} {b:8.1f} {med:8.1f} {base * 1e3 / b:7.2f}x {q['heatmap']:12.2e} "
-              f"{q['paf']:11.2e}  {q['match']}/{q['ref']} (decoded {q['found']})")
+        print(
+            f"{n:40s} {b:8.1f} {med:8.1f} {base * 1e3 / b:7.2f}x {q['heatmap']:12.2e} "
+            f"{q['paf']:11.2e}  {q['match']}/{q['ref']} (decoded {q['found']})"
+        )
     for folder, n_img, n_ref in per_folder:
         print(f"  compared on {n_img} images of {folder}: fp32 decodes {n_ref} skeletons")
     fastest = min((n for n in paths), key=lambda n: min(times[n]))
@@ -221,9 +263,11 @@ def main() -> None:
 
     # ---- end to end over real images: read, pre-process, network, decode
     print()
-    files = list_images(folders[0])
-    print(f"end to end (read, pre-process, network, decode), batch 1, {len(files)} images of "
-          f"{folders[0]}:")
+    files = list_images(args.e2e)
+    print(
+        f"end to end (read, pre-process, network, decode), batch 1, {len(files)} images of "
+        f"{args.e2e}:"
+    )
     for n in dict.fromkeys([fastest, "torch eager fp32"]):
         pred = Predictor(paths[n])
         pred.timer.seconds = dict.fromkeys(pred.timer.seconds, 0.0)
