@@ -10,7 +10,8 @@ as at inference, with a calibration cache. Beside ``model.engine`` it writes
 (engines only run on the TensorRT version and GPU they were built for).
 
 Needs a CUDA GPU and the ``tensorrt`` package (``pip install '.[trt]'``); without them it
-refuses with a clear message and exit code 3.
+refuses with a clear message and exit code 3. FP16 flags and INT8 calibrators are TensorRT 10
+API (deprecated there since 10.1, removed in TensorRT 11, where this refuses fp16/int8 clearly).
 """
 
 from __future__ import annotations
@@ -197,11 +198,19 @@ def build_engine(
     config.add_optimization_profile(profile)
 
     if precision in ("fp16", "int8"):
-        if not builder.platform_has_fast_fp16:
+        if not hasattr(trt.BuilderFlag, precision.upper()):
+            # TensorRT 11 dropped the implicit-precision flags and calibrators
+            raise TensorRTUnavailable(
+                f"TensorRT {trt.__version__} has no BuilderFlag.{precision.upper()} (removed in "
+                "TensorRT 11: strong typing and explicit Q/DQ quantisation only); use TensorRT "
+                "10.x (pip install 'tensorrt>=10,<11') for precision=fp16/int8"
+            )
+        # platform_has_fast_* are deprecated since TensorRT 10.5: informative only
+        if not getattr(builder, "platform_has_fast_fp16", True):
             log.warning("this GPU has no fast FP16; the engine may not be faster than FP32")
         config.set_flag(trt.BuilderFlag.FP16)
     if precision == "int8":
-        if not builder.platform_has_fast_int8:
+        if not getattr(builder, "platform_has_fast_int8", True):
             log.warning("this GPU has no fast INT8; the engine may not be faster")
         folder = Path(calibration_images) if calibration_images else None
         files = list_images(folder)[:calibration_count] if folder and folder.is_dir() else []
