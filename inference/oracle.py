@@ -124,14 +124,19 @@ def decode_image(
     """Decode one image's (K, h, w) / (2E, h, w) maps into skeletons in original-image pixels.
 
     Squash: Isaac's way, ``output_scale`` = the original [rows, cols]. Letterbox (or any other
-    fit): decode to network-input pixels, then map back with the inverse of ``matrix``.
+    fit): decode to network-input pixels, then map back with the inverse of ``matrix``; parts
+    found in the border around the picture are moved onto its edge.
     """
     if aspect == "squash":
         return decoder(heatmap, paf, maxpool_heatmap, output_scale=list(orig_hw))
     skeletons = decoder(heatmap, paf, maxpool_heatmap, output_scale=list(input_hw))
     back = invert(matrix)
+    h, w = orig_hw
     for sk in skeletons:
-        sk.keypoints[:, :2] = apply(back, sk.keypoints[:, :2])  # NaN stays NaN
+        xy = apply(back, sk.keypoints[:, :2])  # NaN stays NaN
+        # a part found in the letterbox border lies outside the picture: onto its edge
+        sk.keypoints[:, 0] = np.minimum(np.maximum(xy[:, 0], 0.0), w)
+        sk.keypoints[:, 1] = np.minimum(np.maximum(xy[:, 1], 0.0), h)
     return skeletons
 
 

@@ -385,3 +385,29 @@ def _maxpool(heat: np.ndarray, k: int = 3) -> np.ndarray:
     r = k // 2
     padded = np.pad(heat, ((0, 0), (r, r), (r, r)), constant_values=-np.inf)
     return np.lib.stride_tricks.sliding_window_view(padded, (k, k), axis=(1, 2)).max(axis=(-1, -2))
+
+
+def test_model_mode_with_an_onnx_model(tmp_path):
+    """The default deployment path: an exported ONNX model through ONNX Runtime (NHWC outputs,
+    the graph's own max-pool), letterboxed as its checkpoint was trained."""
+    from export.__main__ import run as export
+    from tests.deploy_fixtures import export_cfg, make_checkpoint
+
+    data = make_dataset()
+    ann = _write_images(tmp_path, data)
+    ckpt = make_checkpoint(tmp_path / "tiny.pth", input_size=(64, 96), aspect="letterbox")
+    onnx_path = export(export_cfg(ckpt, output=str(tmp_path / "tiny.onnx")))["onnx"]
+    out = run(
+        _cfg(annotations=str(ann), model_path=str(onnx_path), output=str(tmp_path / "out"),
+             decoder_overrides={"threshold_heatmap": 0.0})
+    )  # fmt: skip
+    assert out["mode"] == "model" and out["num_images"] == 4 and out["aspect"] == "letterbox"
+    assert out["input_size"] == [64, 96] and set(out["stats"]) == set(STAT_NAMES)
+    # the model's stored decoder parameters, then the command line's overrides
+    assert out["decoder"]["maxpool_kernel"] == 3 and out["decoder"]["threshold_heatmap"] == 0.0
+    sizes = {im["id"]: (im["width"], im["height"]) for im in data["images"]}
+    for r in json.loads(Path(out["results"]).read_text()):
+        kp = np.array(r["keypoints"]).reshape(17, 3)
+        w, h = sizes[r["image_id"]]
+        on = kp[:, 2] > 0
+        assert ((kp[on, 0] >= 0) & (kp[on, 0] <= w) & (kp[on, 1] >= 0) & (kp[on, 1] <= h)).all()
