@@ -466,7 +466,7 @@ class OpenPoseDecoder:
             return self._dense_nms(m)
         # (1 + k*k-1, M): the pixel, then its neighbours. Neighbours run along axis 0: numpy
         # reduces a short last axis ~30x slower than it combines whole rows.
-        nb = m.pad[g.nms[:, None] + cand]
+        nb = m.pad.take(g.nms[:, None] + cand)
         v, nbb = nb[0], self._nbefore + 1
         keep = v > np.fmax.reduce(nb[1:nbb], axis=0, initial=-np.inf)
         keep &= v >= np.fmax.reduce(nb[nbb:], axis=0, initial=-np.inf)
@@ -583,13 +583,20 @@ class OpenPoseDecoder:
             win = np.maximum(mid[:, None, :] + self._win_s[:, :, None], 0)
             pts[:, :, short] = np.minimum(win, g.bounds[:, :, None])
         np.rint(pts, out=pts)
-        off = (pts[1] * g.strides_paf_r + pts[0] * g.paf_strides[2]).astype(np.intp)  # (S, T)
+        pr, pc = g.paf_strides[1], g.paf_strides[2]
+        off = pts[1] * pr
+        off += pts[0] if pc == 1 else pts[0] * pc
+        off = off.astype(np.intp)  # (S, T) flat sample pixels
         chan = g.chan[:, eid]  # (2, T) PAF x and y channel offsets
-        dot = m.paf[chan[0] + off]  # (S, T) PAF x, then PAF . unit edge vector
-        dot *= unit[0]
-        vy = m.paf[chan[1] + off]
-        vy *= unit[1]
-        dot += vy
+        if eid.size * len(self._t) <= 2048:  # small: one gather of both components
+            v = m.paf.take(chan[:, None, :] + off)  # (2, S, T)
+            dot = v[0] * unit[0] + v[1] * unit[1]  # (S, T) PAF . unit edge vector
+        else:  # large: in place, one component at a time
+            dot = m.paf.take(chan[0] + off)
+            dot *= unit[0]
+            vy = m.paf.take(chan[1] + off)
+            vy *= unit[1]
+            dot += vy
         if short.size:
             dot[:, short] = dot[:, short].max(0)
         score = dot.sum(0) / len(self._t)
@@ -740,10 +747,6 @@ class _Geometry:
     chan: np.ndarray  # (2, E) flat offsets of each edge's PAF x and y channels
     bounds: np.ndarray  # (2, 1) largest map coordinates (u, v)
     near: dict = field(default_factory=dict)  # split-merge pre-test offsets by radius
-
-    @property
-    def strides_paf_r(self) -> int:
-        return self.paf_strides[1]
 
 
 @dataclass
