@@ -21,7 +21,9 @@ Conventions (checked by the ground-truth round trip targets -> decoder -> COCOev
   OpenPose paper's hard band). Where limbs of several objects cover a pixel, their vectors are
   averaged (OpenPose's choice: the field stays unit-length where limbs agree and shrinks where
   they disagree, and no object dominates). Channel ``edges_paf[e][0]`` holds the x component and
-  ``edges_paf[e][1]`` the y component. Zero-length limbs have no direction and are skipped.
+  ``edges_paf[e][1]`` the y component. The map pixel nearest the limb's midpoint always gets
+  the field too, so a limb shorter than a map pixel (a foreshortened forearm, an eye-ear link of a
+  small person) still has one; zero-length limbs have no direction and are skipped.
 * Ignore mask: regions of crowd annotations and of people with no labelled keypoints are not
   trained on (weight 0); everything else has weight 1.
 
@@ -164,32 +166,37 @@ def _pafs(kp, present, topology, map_size, cfg) -> np.ndarray:
     b_major = np.where(x_major, b[:, 0], b[:, 1])
     slope = u_mn[:, 1] / u_mn[:, 0]  # |slope| <= 1; u_major != 0 since the limb has length
     half = wd * np.sqrt(1 + slope * slope)  # the band's half-extent along the minor axis
+    # reach at least one pixel either way, so the pixel nearest the midpoint is a candidate too
+    reach_m, reach_n = max(wd, 1.0), np.maximum(half, 1.0)
     m_size = np.where(x_major, w, h)
-    m0 = np.maximum(np.ceil(np.minimum(a_mn[:, 0], b_major) - wd), 0)
-    m1 = np.minimum(np.floor(np.maximum(a_mn[:, 0], b_major) + wd), m_size - 1)
+    m0 = np.maximum(np.ceil(np.minimum(a_mn[:, 0], b_major) - reach_m), 0)
+    m1 = np.minimum(np.floor(np.maximum(a_mn[:, 0], b_major) + reach_m), m_size - 1)
+    mid = np.floor((a + b) * np.float32(0.5) + np.float32(0.5))  # (M, 2) pixel nearest the midpoint
+    mid = np.where(swap, mid, mid[:, ::-1])  # as (major, minor)
     count = np.maximum(m1 - m0 + 1, 0).astype(np.int64)
     total = int(count.sum())
     if total == 0:
         return out
     # per-limb parameters gathered once for every candidate major coordinate
     params = np.stack(
-        [a_mn[:, 0], a_mn[:, 1], u_mn[:, 0], u_mn[:, 1], slope, half, length,
-         np.where(x_major, h, w), x_major, m0 - np.cumsum(count) + count],
+        [a_mn[:, 0], a_mn[:, 1], u_mn[:, 0], u_mn[:, 1], slope, reach_n, length,
+         np.where(x_major, h, w), x_major, m0 - np.cumsum(count) + count, mid[:, 0], mid[:, 1]],
         axis=1,
     )  # fmt: skip
     limb = np.repeat(np.arange(edge.size), count)
-    p = params[limb]  # (T, 10)
+    p = params[limb]  # (T, 12)
     m = p[:, 9] + np.arange(total)  # major coordinate of each candidate row
     dm = (m - p[:, 0])[:, None]
     minor = np.ceil(p[:, 1] + dm[:, 0] * p[:, 4] - p[:, 5])[:, None] + np.arange(
-        int(np.floor(2 * half.max())) + 1
+        int(np.floor(2 * reach_n.max())) + 1
     )  # (T, n_minor) candidate minor coordinates
     dn = minor - p[:, 1:2]
     along = dm * p[:, 2:3] + dn * p[:, 3:4]
     across = np.abs(dm * p[:, 3:4] - dn * p[:, 2:3])
     inside = (
-        (along >= 0) & (along <= p[:, 6:7]) & (across <= wd) & (minor >= 0) & (minor < p[:, 7:8])
-    )
+        ((along >= 0) & (along <= p[:, 6:7]) & (across <= wd))
+        | ((m == p[:, 10])[:, None] & (minor == p[:, 11:12]))
+    ) & ((minor >= 0) & (minor < p[:, 7:8]))
     rows, cols = np.nonzero(inside)
     mm, nn = m[rows].astype(np.int64), minor[rows, cols].astype(np.int64)
     li = limb[rows]
@@ -285,12 +292,11 @@ def render_targets_torch(
         ux4, uy4 = ux[..., None, None], uy[..., None, None]
         along = px * ux4 + py * uy4
         across = (px * uy4 - py * ux4).abs()
-        inside = (
-            (along >= 0)
-            & (along <= length[..., None, None])
-            & (across <= cfg.paf_width)
-            & ok[..., None, None]
-        ).float()
+        mid_x = torch.floor((ax + bx) * 0.5 + 0.5)[..., None, None]  # pixel nearest the midpoint
+        mid_y = torch.floor((ay + by) * 0.5 + 0.5)[..., None, None]
+        band = (along >= 0) & (along <= length[..., None, None]) & (across <= cfg.paf_width)
+        at_mid = (cols[None, None, None, :] == mid_x) & (rows[None, None, :, None] == mid_y)
+        inside = ((band | at_mid) & ok[..., None, None]).float()
         sx += inside * ux4
         sy += inside * uy4
         cnt += inside

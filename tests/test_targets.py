@@ -146,6 +146,16 @@ def test_paf_edge_with_missing_end_contributes_nothing():
     assert not paf.any()
 
 
+def test_paf_short_limb_still_marks_the_pixel_nearest_its_midpoint():
+    # 0.4 map pixels long, between pixel centres: no pixel centre lies within its length
+    kp = np.array([[at_map(10.6, 5.0), at_map(10.2, 5.0)]], np.float32)
+    paf = render_pafs(kp, ARM, (12, 12), CFG)
+    assert paf[0, 5, 10] == pytest.approx(1.0) and paf[1, 5, 10] == 0.0
+    assert np.count_nonzero(paf[0]) == 1
+    heat_t, paf_t = render_targets_torch(torch.from_numpy(kp)[None], ARM, (12, 12), CFG)
+    assert np.allclose(paf_t[0].numpy(), paf)
+
+
 def test_paf_width():
     kp = np.array([[at_map(18, 10), at_map(2, 10)]], np.float32)
     wide = render_pafs(kp, ARM, (20, 20), TargetConfig(paf_width=2.0))
