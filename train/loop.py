@@ -282,7 +282,7 @@ def train_one_epoch(
     sums = torch.zeros(4, device=ctx.device, dtype=torch.float64)  # loss, heat, paf, batches
     win_loss = torch.zeros(3, device=ctx.device, dtype=torch.float64)
     win_n, win_images, win_wait = 0, 0, 0.0
-    win_start = time.perf_counter()
+    win_start, win_cpu = time.perf_counter(), time.process_time()
     bar = tqdm(
         total=n_batches // accum,
         desc=f"epoch {epoch}",
@@ -328,6 +328,9 @@ def train_one_epoch(
                 "lr": optimizer.param_groups[0]["lr"],
                 "images_per_s": win_images * ctx.dist.world_size / max(dt, 1e-9),
                 "data_wait": win_wait / max(dt, 1e-9),
+                # this process's CPU seconds (all threads): a cost figure that, unlike wall time,
+                # other programs on a shared machine barely disturb
+                "cpu_s": time.process_time() - win_cpu,
             }
             if not math.isfinite(row["loss"]):
                 raise FloatingPointError(
@@ -342,7 +345,7 @@ def train_one_epoch(
                     ctx.writer.add_scalar(f"train/{key}", row[key], ctx.step)
             win_loss.zero_()
             win_n, win_images, win_wait = 0, 0, 0.0
-            win_start = time.perf_counter()
+            win_start, win_cpu = time.perf_counter(), time.process_time()
         if ctx.writer is not None and image_every and ctx.step % image_every == 0:
             log_images(ctx, "train", images[0], outputs, heat_t[0])
     bar.close()
@@ -516,8 +519,25 @@ def _run(cfg, dist, out_dir, train_set, val_set, collate_fn) -> dict[str, Any]:
     cfg["out_dir"] = str(out)
     topology = topology_from_config(cfg["topology"])
     targets = TargetConfig.from_config(cfg.get("targets"))
-    resume_path = resolve_resume(cfg.get("resume", "auto"), out)
-    du.barrier()  # everyone checked before rank 0 writes anything
+    # rank 0 decides (its view of out_dir is the one that counts) and every rank follows
+    decision: tuple = ()
+    if dist.is_main:
+        try:
+            found = resolve_resume(cfg.get("resume", "auto"), out)
+            decision = ("ok", str(found) if found else None)
+        except (FileExistsError, FileNotFoundError) as e:
+            decision = (type(e).__name__, str(e))
+    decision = du.broadcast_object(decision)
+    if decision[0] != "ok":
+        raise {"FileExistsError": FileExistsError, "FileNotFoundError": FileNotFoundError}[
+            decision[0]
+        ](decision[1])
+    resume_path = Path(decision[1]) if decision[1] else None
+    if resume_path is not None and not resume_path.is_file():
+        raise FileNotFoundError(
+            f"rank {dist.rank} cannot see {resume_path}, which rank 0 resumes from: out_dir must be on "
+            "storage that every node mounts at the same path"
+        )
 
     if train_set is None:
         train_set, val_set = build_datasets(cfg, topology, dist)
