@@ -148,3 +148,17 @@ def train_args(data_root, out_dir, *extra: str) -> list[str]:
         f"hydra.run.dir={out_dir}/hydra",
         *extra,
     ]
+
+
+def compose_train(overrides: list[str]):
+    """conf/train.yaml composed with ``overrides`` (Hydra's own ``hydra.*`` ones dropped), for
+    calling ``train.loop.run`` in-process exactly as ``python -m train`` would."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    conf = Path(__file__).resolve().parent.parent / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        return compose(
+            config_name="train", overrides=[o for o in overrides if not o.startswith("hydra.")]
+        )

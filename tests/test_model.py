@@ -22,6 +22,15 @@ CONF = Path(__file__).resolve().parent.parent / "conf" / "model"
 TOPO = Topology.named("coco18")
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small tensors: one torch thread (OpenMP threads oversubscribe a busy shared machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def model_cfg(name: str, **over) -> dict:
     cfg = yaml.safe_load((CONF / f"{name}.yaml").read_text())
     cfg.update(pretrained=False)
