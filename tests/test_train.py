@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -233,3 +234,17 @@ def test_val_ap_of_perfect_maps_is_one(tmp_path):
     out = evaluate(Oracle(), make_loader(val, cfg, dist, False, collate), ctx, 0)
     assert out["val_loss"] == pytest.approx(0.0, abs=1e-12)
     assert out["val_ap"] > 0.95, out
+
+
+@pytest.mark.gpu
+def test_cuda_amp_channels_last_training(tmp_path):
+    """On CUDA: autocast (bf16 where supported, else fp16 with a GradScaler), channels_last,
+    targets rendered on the device; the checkpoint holds the scaler state."""
+    cfg = tiny_cfg(tmp_path / "gpu", epochs=1, device="cuda", amp="auto", channels_last="auto")
+    cfg["data"]["targets_on_device"] = True
+    summary = run(cfg, train_set=TinyPoseSet(8, render=False))
+    assert all(np.isfinite(h["loss"]) for h in summary["history"])
+    ck = load_checkpoint(tmp_path / "gpu" / "last.pth")
+    assert "scaler" in ck
+    expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    assert resolve_amp("auto", torch.device("cuda")) is expected
