@@ -35,6 +35,9 @@ class ImageFolderReader:
     def rewind(self) -> None:
         self._it = None
 
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return iter({INPUT_NAME: x[None]} for x in self.images)
+
 
 def calibration_images(
     info: ModelInfo,
