@@ -147,6 +147,11 @@ def main() -> None:
     ap.add_argument("--calib-count", type=int, default=32)
     ap.add_argument("--tol", type=float, default=2.0, help="keypoint tolerance, input pixels")
     ap.add_argument(
+        "--calib-overlap",
+        action="store_true",
+        help="let calibration use the compared images (an overfit model's own set)",
+    )
+    ap.add_argument(
         "--int8-fp32-outputs",
         action="store_true",
         help="keep the two output 1x1 convolutions in fp32 in the INT8 model",
@@ -186,18 +191,23 @@ def main() -> None:
     t = time.perf_counter()
     plain = export_onnx(model, info, tmp / "plain.onnx", deconv_as_conv=False)
     fast = export_onnx(model, info, tmp / "model.onnx", deconv_as_conv=True)
-    # calibration never sees the images the comparison below is made on
+    # calibration does not see the compared images unless told (an overfit checkpoint's own
+    # training images are its whole distribution: calibrate on them with --calib-overlap)
+    exclude = set() if args.calib_overlap else compared
     int8 = quantize_int8(
         fast,
         tmp / "model.int8.onnx",
         [args.calib],
         count=args.calib_count,
-        exclude_images=compared,
+        exclude_images=exclude,
         exclude_outputs=args.int8_fp32_outputs,
     )
+    calib_names = [p.name for p in list_images(args.calib) if p.name not in exclude]
+    calib_names = calib_names[: args.calib_count]
+    overlap = len(set(calib_names) & compared)
     print(
-        f"exported fp32 (x2) and quantised INT8 ({args.calib_count} calibration images from "
-        f"{args.calib}, none of the compared images"
+        f"exported fp32 (x2) and quantised INT8 ({len(calib_names)} calibration images from "
+        f"{args.calib}, {overlap} of them among the compared images"
         f"{'; output convolutions kept fp32' if args.int8_fp32_outputs else ''}) in "
         f"{time.perf_counter() - t:.0f} s"
     )
