@@ -1,0 +1,1 @@
+"""Training: ``python -m train`` (loop.run), checkpoints, DDP helpers, process setup."""
