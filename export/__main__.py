@@ -86,7 +86,15 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
         from export.quantize import quantize_int8
 
         q_cfg = cfg.get("quantize") or {}
-        q_folders = [resolve_path(p) for p in q_cfg.get("images") or []]
+        q_images = q_cfg.get("images")
+        if not q_images:
+            # activation ranges must come from the model's own data: a model trained on one
+            # distribution saturates ranges calibrated on another
+            q_images = [
+                (config.get("data") or {}).get("train_images"),
+                "../shared/data/coco-mini/train2017",
+            ]
+        q_folders = [resolve_path(p) for p in q_images if p]
         q_out = output.with_name(output.stem + ".int8.onnx")
         quantize_int8(output, q_out, q_folders, count=int(q_cfg.get("count", 32)))
         # informative only: INT8 cannot meet the fp32 tolerance; bench_inference.py compares
