@@ -39,6 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from datasets.targets import TargetConfig
 from datasets.topology import topology_from_config
+from inference.cli import default_output_to_run_dir
 from inference.cocoeval import (
     evaluate,
     load_coco,
@@ -260,21 +261,13 @@ def _images_dir(images: Any, annotations: Path) -> Path:
     return path
 
 
-def alias_model_argument(argv: list[str]) -> list[str]:
-    """``model=PATH`` -> ``model_path=PATH`` (Hydra reads ``model=`` as the conf/model group)."""
-    return [f"model_path={a[len('model=') :]}" if a.startswith("model=") else a for a in argv]
-
-
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    if cfg.get("output") is None:
-        from hydra.core.hydra_config import HydraConfig
-
-        OmegaConf.set_struct(cfg, False)
-        cfg.output = HydraConfig.get().runtime.output_dir
-    run(cfg)
+    run(default_output_to_run_dir(cfg))
 
 
 if __name__ == "__main__":
+    from inference.cli import alias_model_argument
+
     sys.argv = alias_model_argument(sys.argv)
     main()

@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from export.onnx import IMAGE_SUFFIXES, resolve_path, write_json
+from inference.cli import default_output_to_run_dir
 from inference.draw import draw_skeletons, write_rgb
 from inference.runtime import Runtime, load_runtime, skeletons_to_original
 
@@ -298,24 +299,15 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def alias_model_argument(argv: list[str]) -> list[str]:
-    """``model=PATH`` -> ``model_path=PATH``: Hydra reads ``model=`` as a choice in the
-    ``conf/model`` config group, so the command line's short form is renamed before Hydra parses."""
-    return [f"model_path={a[len('model=') :]}" if a.startswith("model=") else a for a in argv]
-
-
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
-    if cfg.get("output") is None:
-        from hydra.core.hydra_config import HydraConfig
-
-        OmegaConf.set_struct(cfg, False)
-        cfg.output = HydraConfig.get().runtime.output_dir
-    run(cfg)
+    run(default_output_to_run_dir(cfg))
 
 
 if __name__ == "__main__":
     import sys
+
+    from inference.cli import alias_model_argument
 
     sys.argv = alias_model_argument(sys.argv)
     main()

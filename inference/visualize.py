@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from datasets.topology import Topology
 from export.onnx import resolve_path
+from inference.cli import default_output_to_run_dir
 from inference.draw import (
     colorize_maps,
     darken,
@@ -351,18 +352,13 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="visualize")
 def main(cfg: DictConfig) -> None:
-    if cfg.get("output") is None:
-        from hydra.core.hydra_config import HydraConfig
-
-        OmegaConf.set_struct(cfg, False)
-        cfg.output = HydraConfig.get().runtime.output_dir
-    run(cfg)
+    run(default_output_to_run_dir(cfg))
 
 
 if __name__ == "__main__":
     import sys
 
-    from inference.predict import alias_model_argument
+    from inference.cli import alias_model_argument
 
     sys.argv = alias_model_argument(sys.argv)
     main()
