@@ -34,6 +34,7 @@ batch on any torch device: for rendering on the GPU per batch).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -70,6 +71,15 @@ def _as_keypoints(keypoints: Any, num_parts: int) -> np.ndarray:
     if kp.ndim != 3 or kp.shape[1:] != (num_parts, 3):
         raise ValueError(f"keypoints must be (N, {num_parts}, 3) (x, y, v); got {kp.shape}")
     return kp
+
+
+@functools.lru_cache(maxsize=32)
+def _edge_arrays(topology: Topology) -> tuple[np.ndarray, np.ndarray]:
+    """The topology's edges and PAF channels as int arrays, built once per topology (read-only)."""
+    edges = np.asarray(topology.edges, dtype=np.int64).reshape(-1, 2)
+    paf = np.asarray(topology.edges_paf, dtype=np.int64).reshape(-1, 2)
+    edges.flags.writeable = paf.flags.writeable = False
+    return edges, paf
 
 
 def _present(kp: np.ndarray, map_hw: tuple[int, int], cfg: TargetConfig) -> np.ndarray:
@@ -138,7 +148,7 @@ def _pafs(kp, present, topology, map_size, cfg) -> np.ndarray:
     out = np.zeros((topology.num_paf_channels, h, w), np.float32)
     if kp.shape[0] == 0 or topology.num_edges == 0:
         return out
-    edges = np.asarray(topology.edges, dtype=np.int64)  # (E, 2)
+    edges, edges_paf = _edge_arrays(topology)  # (E, 2) parts, (E, 2) PAF channels
     ok = present[:, edges[:, 0]] & present[:, edges[:, 1]]  # (N, E)
     obj, edge = np.nonzero(ok)
     if obj.size == 0:
@@ -207,7 +217,7 @@ def _pafs(kp, present, topology, map_size, cfg) -> np.ndarray:
     hits = np.bincount(key, minlength=topology.num_edges * hw_)
     # float32 throughout: np.add.at takes a slow path when value and array dtypes differ
     share = np.float32(1.0) / hits[key].astype(np.float32)
-    paf = np.asarray(topology.edges_paf, dtype=np.int64)[edge[li]]  # (P, 2) channels
+    paf = edges_paf[edge[li]]  # (P, 2) channels
     flat = out.reshape(-1)
     np.add.at(flat, paf[:, 0] * hw_ + pix, unit[li, 0] * share)
     np.add.at(flat, paf[:, 1] * hw_ + pix, unit[li, 1] * share)
