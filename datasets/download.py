@@ -38,6 +38,8 @@ from typing import Any, BinaryIO
 
 from tqdm import tqdm
 
+from datasets.files import write_json
+
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20  # bytes per read/write; large enough that Python overhead is negligible
@@ -115,12 +117,6 @@ def _file_state(path: Path) -> dict[str, int]:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
-
-
 def _read_stamp(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
@@ -142,7 +138,7 @@ def is_verified(path: Path, spec: RemoteFile, rehash: bool = True) -> bool:
         return False
     if spec.md5 is not None and md5_file(path) != spec.md5:
         return False
-    _write_json_atomic(_stamp_path(path, "verified"), {**state, "md5": spec.md5})
+    write_json(_stamp_path(path, "verified"), {**state, "md5": spec.md5})
     return True
 
 
@@ -227,7 +223,7 @@ def fetch(url: str, dest: Path, spec: RemoteFile, timeout: float = 60.0) -> None
         part.unlink()
         raise _ChecksumMismatch(f"{dest.name}: md5 {digest} != expected {spec.md5}")
     os.replace(part, dest)
-    _write_json_atomic(_stamp_path(dest, "verified"), {**_file_state(dest), "md5": spec.md5})
+    write_json(_stamp_path(dest, "verified"), {**_file_state(dest), "md5": spec.md5})
 
 
 class _ChecksumMismatch(DownloadError):
@@ -349,7 +345,7 @@ def extract(archive: Path, root: Path) -> None:
                     tmp.unlink(missing_ok=True)
                     raise DownloadError(f"{archive}: member {info.filename!r}: {e}") from e
                 bar.update(info.file_size)
-    _write_json_atomic(stamp, {"archive": state})
+    write_json(stamp, {"archive": state})
 
 
 # --------------------------------------------------------------------------- entry
@@ -407,7 +403,7 @@ def run(cfg: Mapping[str, Any]) -> list[Path]:
             extract(path, root)
             if not cfg.get("keep_archives", True):
                 stamp = _stamp_path(path, "extracted")
-                _write_json_atomic(stamp, {**(_read_stamp(stamp) or {}), "removed": True})
+                write_json(stamp, {**(_read_stamp(stamp) or {}), "removed": True})
                 path.unlink()
                 _stamp_path(path, "verified").unlink(missing_ok=True)
         done.append(path)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from datasets.files import write_json
 from datasets.neck import add_neck
 from datasets.topology import Topology
 
@@ -199,15 +199,8 @@ def _check_annotation(ann: Mapping[str, Any], k: int, image_ids: set[int]) -> st
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to a temp file beside ``path``, then rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, separators=(",", ":"))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write compact JSON atomically (large annotation files)."""
+    write_json(path, obj, separators=(",", ":"))
 
 
 def _resolve(path: Any) -> Path | None:

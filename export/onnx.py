@@ -11,7 +11,6 @@ file alone (``inference.runtime.ModelInfo``).
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import warnings
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from datasets.files import write_json as _write_json
 from inference.runtime import INPUT_NAME, LAYOUTS, OUTPUT_NAMES, ModelInfo, preprocess_image
 
 PARITY_ATOL = 1e-4
@@ -337,13 +337,8 @@ def decoder_config(info: ModelInfo, output_scale: Sequence[int] | None = None) -
 
 
 def write_json(path: str | Path, data: Any, indent: int | None = 2) -> Path:
-    """Write JSON atomically (temp file + os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=indent) + "\n")
-    os.replace(tmp, path)
-    return path
+    """Write JSON atomically (``datasets.files.write_json``), indented by default."""
+    return _write_json(path, data, indent=indent)
 
 
 def list_images(folder: str | Path) -> list[Path]:

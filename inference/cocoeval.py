@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from datasets.files import write_json
 from datasets.neck import add_neck
 from datasets.topology import Topology
 
@@ -227,19 +225,3 @@ def evaluate(
         with contextlib.redirect_stdout(io.StringIO()):
             ev.summarize()
     return {name: float(v) for name, v in zip(STAT_NAMES, ev.stats, strict=True)}
-
-
-def write_json(path: str | Path, data: Any) -> Path:
-    """Write JSON atomically (temp file in the same folder, then ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path

@@ -16,8 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from contextlib import nullcontext
@@ -30,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
+from datasets.files import atomic_write_text
 from datasets.targets import TargetConfig, render_targets_torch
 from datasets.topology import Topology, topology_from_config
 from models import build_model
@@ -117,13 +116,6 @@ def _as_plain(cfg: Any) -> dict[str, Any]:
     if isinstance(cfg, DictConfig):
         return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
     return json.loads(json.dumps(cfg))  # deep copy, and proof that it is plain data
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- data
@@ -598,7 +590,7 @@ def _run(cfg, dist, out_dir, train_set, val_set, collate_fn) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
         for stale in out.glob(".*.tmp"):  # a write that a kill interrupted; never a checkpoint
             stale.unlink(missing_ok=True)
-        _atomic_write_text(out / "config.yaml", _yaml(cfg))
+        atomic_write_text(out / "config.yaml", _yaml(cfg))
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out / "tb"), purge_step=step if step else None)
@@ -669,7 +661,7 @@ def _run(cfg, dist, out_dir, train_set, val_set, collate_fn) -> dict[str, Any]:
     if writer is not None:
         writer.close()
     if dist.is_main:
-        _atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     return summary
 
 
