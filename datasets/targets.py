@@ -112,23 +112,18 @@ def _heatmaps(kp, present, num_parts, map_size, cfg) -> np.ndarray:
     obj, part = np.nonzero(present)
     if obj.size == 0:
         return heat.reshape(num_parts, h, w)
-    u = kp[obj, part, 0] / cfg.stride - 0.5  # (M,) map index coordinates
-    v = kp[obj, part, 1] / cfg.stride - 0.5
+    uv = kp[obj, part, :2] / np.float32(cfg.stride) - np.float32(0.5)  # (M, 2) map coordinates
     r = cfg.truncate * cfg.sigma
     n = int(math.floor(2 * r)) + 1  # window length holding every pixel within r of the centre
-    off = np.arange(n, dtype=np.float32)
-    jx = np.ceil(u - r)[:, None] + off  # (M, n) candidate columns
-    iy = np.ceil(v - r)[:, None] + off  # (M, n) candidate rows
-    dx, dy = jx - u[:, None], iy - v[:, None]
-    inv = np.float32(-0.5 / cfg.sigma**2)
-    gx = np.exp(dx * dx * inv) * ((dx <= r) & (jx >= 0) & (jx < w))
-    gy = np.exp(dy * dy * inv) * ((dy <= r) & (iy >= 0) & (iy < h))
-    val = gy[:, :, None] * gx[:, None, :]  # (M, n, n) float32
-    key = (part[:, None, None] * h + iy[:, :, None].astype(np.int64)) * w + jx[:, None, :].astype(
-        np.int64
-    )
-    keep = val > 0
-    np.maximum.at(heat, key[keep], val[keep])
+    pos = np.ceil(uv - r)[:, :, None] + np.arange(n, dtype=np.float32)  # (M, 2, n) columns, rows
+    d = pos - uv[:, :, None]
+    size = np.array([[w], [h]], np.float32)
+    g = np.exp(d * d * np.float32(-0.5 / cfg.sigma**2)) * ((d <= r) & (pos >= 0) & (pos < size))
+    val = g[:, 1, :, None] * g[:, 0, None, :]  # (M, n, n) float32, zero outside the map
+    # clipped indices land only where the value is zero, which max leaves alone
+    cell = np.minimum(np.maximum(pos, 0), size - 1).astype(np.int64)
+    key = (part[:, None, None] * h + cell[:, 1, :, None]) * w + cell[:, 0, None, :]
+    np.maximum.at(heat, key.ravel(), val.ravel())
     return heat.reshape(num_parts, h, w)
 
 
@@ -153,14 +148,16 @@ def _pafs(kp, present, topology, map_size, cfg) -> np.ndarray:
     obj, edge = np.nonzero(ok)
     if obj.size == 0:
         return out
-    a = kp[obj, edges[edge, 0], :2] / cfg.stride - 0.5  # (M, 2) limb start, map coordinates
-    b = kp[obj, edges[edge, 1], :2] / cfg.stride - 0.5
-    d = b - a
+    # (M, 2 ends, 2) limb ends in map coordinates, gathered at once
+    ab = kp[obj[:, None], edges[edge], :2] / np.float32(cfg.stride) - np.float32(0.5)
+    d = ab[:, 1] - ab[:, 0]
     length = np.sqrt((d * d).sum(1))
     nz = length > 1e-6
-    a, b, d, length, edge = a[nz], b[nz], d[nz], length[nz], edge[nz]
-    if edge.size == 0:
-        return out
+    if not nz.all():
+        ab, d, length, edge = ab[nz], d[nz], length[nz], edge[nz]
+        if edge.size == 0:
+            return out
+    a, b = ab[:, 0], ab[:, 1]
     unit = d / length[:, None]
     wd = np.float32(cfg.paf_width)
     # Candidate pixels: walk each limb along its major axis (the one it spans more of) and take,
@@ -217,10 +214,9 @@ def _pafs(kp, present, topology, map_size, cfg) -> np.ndarray:
     hits = np.bincount(key, minlength=topology.num_edges * hw_)
     # float32 throughout: np.add.at takes a slow path when value and array dtypes differ
     share = np.float32(1.0) / hits[key].astype(np.float32)
-    paf = edges_paf[edge[li]]  # (P, 2) channels
-    flat = out.reshape(-1)
-    np.add.at(flat, paf[:, 0] * hw_ + pix, unit[li, 0] * share)
-    np.add.at(flat, paf[:, 1] * hw_ + pix, unit[li, 1] * share)
+    # both components in one scatter: channels (P, 2) from edges_paf, values the shared vectors
+    index = edges_paf[edge[li]] * hw_ + pix[:, None]
+    np.add.at(out.reshape(-1), index.ravel(), (unit[li] * share[:, None]).ravel())
     return out
 
 
