@@ -43,7 +43,7 @@ import torch
 from torch.utils.data import Dataset
 
 from datasets.augment import AugmentConfig, color_matrix, flip_keypoints, max_scale, sample_affine
-from datasets.geometry import ASPECT_POLICIES, compose, cv2_matrix
+from datasets.geometry import ASPECT_POLICIES, compose, cv2_matrix, warp_image
 from datasets.neck import add_neck
 from datasets.targets import (
     TargetConfig,
@@ -255,14 +255,7 @@ class CocoKeypoints(Dataset):
         t = self._tick("decode", t)
 
         reduced = compose(matrix, np.array([[r, 0.0, 0.0], [0.0, r, 0.0]]))
-        warped = cv2.warpAffine(
-            image,
-            cv2_matrix(reduced),
-            (wi, hi),
-            flags=cv2.INTER_LINEAR,
-            borderMode=cv2.BORDER_CONSTANT,
-            borderValue=(0, 0, 0),
-        )
+        warped = warp_image(image, reduced, (hi, wi))
         mean = None
         if self.augment is not None and self.augment.contrast:
             mean = np.array(cv2.mean(warped)[2::-1])  # RGB mean of the BGR image

@@ -61,3 +61,22 @@ def cv2_matrix(m: np.ndarray) -> np.ndarray:
     shift_in = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5]])
     shift_out = np.array([[1.0, 0.0, -0.5], [0.0, 1.0, -0.5]])
     return compose(shift_out, compose(np.asarray(m, dtype=np.float64), shift_in))
+
+
+def warp_image(image: np.ndarray, m: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Warp ``image`` by continuous-coordinate affine ``m`` into an (H, W) canvas.
+
+    Bilinear, zero border: the one warp training and inference both use, so the network sees the
+    same pixels in both.
+    """
+    import cv2
+
+    h, w = size_hw
+    return cv2.warpAffine(
+        image,
+        cv2_matrix(m),
+        (int(w), int(h)),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=(0, 0, 0),
+    )

@@ -26,7 +26,14 @@ from typing import Any
 import cv2
 import numpy as np
 
-from datasets.geometry import ASPECT_POLICIES, apply, compose, cv2_matrix, fit_matrix, invert
+from datasets.geometry import (
+    ASPECT_POLICIES,
+    apply,
+    compose,
+    fit_matrix,
+    invert,
+    warp_image,
+)
 from datasets.topology import Topology
 
 # Version of the metadata layout below; readers accept this and older versions.
@@ -187,14 +194,7 @@ def preprocess_image(
         src = cv2.resize(image, (rw, rh), interpolation=cv2.INTER_AREA)
         # reduced pixel i covers original [i * w / rw, (i + 1) * w / rw)
         warp = compose(m, np.array([[w / rw, 0.0, 0.0], [0.0, h / rh, 0.0]]))
-    warped = cv2.warpAffine(
-        src,
-        cv2_matrix(warp),
-        (width, height),
-        flags=cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_CONSTANT,
-        borderValue=(0, 0, 0),
-    )  # (H, W, 3) uint8
+    warped = warp_image(src, warp, (height, width))  # (H, W, 3) uint8
     x = warped.astype(np.float32).transpose(2, 0, 1) * np.float32(1 / 255)  # (3, H, W)
     return np.ascontiguousarray(x), m
 
