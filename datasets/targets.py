@@ -75,27 +75,47 @@ def _as_keypoints(keypoints: Any, num_parts: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=32)
 def _edge_arrays(topology: Topology) -> tuple[np.ndarray, np.ndarray]:
-    """The topology's edges and PAF channels as int arrays, built once per topology (read-only)."""
+    """Per topology (read-only): the edges (E, 2) and, transposed, their PAF channels (2, E)."""
     edges = np.asarray(topology.edges, dtype=np.int64).reshape(-1, 2)
-    paf = np.asarray(topology.edges_paf, dtype=np.int64).reshape(-1, 2)
-    edges.flags.writeable = paf.flags.writeable = False
-    return edges, paf
+    channels = np.asarray(topology.edges_paf, dtype=np.int64).reshape(-1, 2).T.copy()
+    edges.flags.writeable = channels.flags.writeable = False
+    return edges, channels
 
 
-def _present(kp: np.ndarray, map_hw: tuple[int, int], cfg: TargetConfig) -> np.ndarray:
-    """(N, K) bool: keypoint labelled (v >= min_visibility) and inside the map's image.
+@functools.lru_cache(maxsize=64)
+def _map_constants(map_size: tuple[int, int], stride: int) -> tuple[np.ndarray, ...]:
+    """Per map size (read-only), each broadcasting over (x|y, ...): the image limits
+    ``[W*s, H*s]`` a present keypoint stays below, the map extents ``[W, H]`` and the last
+    pixel ``[W-1, H-1]``; and the (4, 1) column ``[W, H, 1, W]`` for the PAF limb table (extent
+    along x and y, step of the flat pixel index along x and y)."""
+    h, w = map_size
+    limits = np.array([w * stride, h * stride], np.float32).reshape(2, 1, 1)
+    size = np.array([w, h], np.float32).reshape(2, 1, 1)
+    size_steps = np.array([w, h, 1, w], np.float32).reshape(4, 1)
+    for a in (limits, size, size_steps):
+        a.flags.writeable = False
+    return limits, size, size - 1, size_steps
 
-    NaN coordinates compare False and infinities fall outside, so neither is present.
+
+def _coords(kp: np.ndarray, map_size: tuple[int, int], cfg: TargetConfig):
+    """(2, N, K) float32 map index coordinates ``x / s - 0.5`` (x row, then y row; pixel centres
+    are integers) and the (N, K) bool mask of present keypoints.
+
+    Present: labelled (v >= min_visibility) and inside the map's image. NaN coordinates compare
+    False and infinities fall outside, so neither is present. Coordinates come first (x|y, object,
+    part) so that every elementwise step runs over long contiguous rows.
     """
-    h, w = map_hw
-    x, y = kp[..., 0], kp[..., 1]
-    return (
-        (kp[..., 2] >= cfg.min_visibility)
-        & (x >= 0)
-        & (y >= 0)
-        & (x < w * cfg.stride)
-        & (y < h * cfg.stride)
-    )
+    limits = _map_constants(map_size, cfg.stride)[0]
+    xyv = kp.transpose(2, 0, 1).copy()  # (3, N, K)
+    xy = xyv[:2]
+    inside = (xy >= 0) & (xy < limits)
+    present = inside[0] & inside[1] & (xyv[2] >= cfg.min_visibility)
+    return xy / np.float32(cfg.stride) - np.float32(0.5), present
+
+
+def _present(kp: np.ndarray, map_size: tuple[int, int], cfg: TargetConfig) -> np.ndarray:
+    """(N, K) bool: keypoint labelled (v >= min_visibility) and inside the map's image."""
+    return _coords(kp, map_size, cfg)[1]
 
 
 def render_heatmaps(
@@ -103,26 +123,29 @@ def render_heatmaps(
 ) -> np.ndarray:
     """(K, H, W) float32 part heatmaps for one sample's (N, K, 3) keypoints in input pixels."""
     kp = _as_keypoints(keypoints, num_parts)
-    return _heatmaps(kp, _present(kp, map_size, cfg), num_parts, map_size, cfg)
+    return _heatmaps(*_coords(kp, map_size, cfg), num_parts, map_size, cfg)
 
 
-def _heatmaps(kp, present, num_parts, map_size, cfg) -> np.ndarray:
+def _heatmaps(uv, present, num_parts, map_size, cfg) -> np.ndarray:
+    """Heatmaps from (2, N, K) map coordinates and the (N, K) present mask."""
     h, w = map_size
     heat = np.zeros(num_parts * h * w, np.float32)
-    obj, part = np.nonzero(present)
-    if obj.size == 0:
+    part = np.nonzero(present)[1]
+    if part.size == 0:
         return heat.reshape(num_parts, h, w)
-    uv = kp[obj, part, :2] / np.float32(cfg.stride) - np.float32(0.5)  # (M, 2) map coordinates
+    uv = uv[:, present]  # (2, M) map coordinates of the present keypoints
     r = cfg.truncate * cfg.sigma
     n = int(math.floor(2 * r)) + 1  # window length holding every pixel within r of the centre
-    pos = np.ceil(uv - r)[:, :, None] + np.arange(n, dtype=np.float32)  # (M, 2, n) columns, rows
-    d = pos - uv[:, :, None]
-    size = np.array([[w], [h]], np.float32)
+    # (2, n, M) window columns (x) and rows (y) of every keypoint
+    pos = np.ceil(uv - r)[:, None] + np.arange(n, dtype=np.float32)[:, None]
+    d = pos - uv[:, None]
+    _, size, last, _ = _map_constants(map_size, cfg.stride)
     g = np.exp(d * d * np.float32(-0.5 / cfg.sigma**2)) * ((d <= r) & (pos >= 0) & (pos < size))
-    val = g[:, 1, :, None] * g[:, 0, None, :]  # (M, n, n) float32, zero outside the map
+    val = g[1, :, None] * g[0]  # (n rows, n columns, M) float32, zero outside the map
     # clipped indices land only where the value is zero, which max leaves alone
-    cell = np.minimum(np.maximum(pos, 0), size - 1).astype(np.int64)
-    key = (part[:, None, None] * h + cell[:, 1, :, None]) * w + cell[:, 0, None, :]
+    cell = np.minimum(np.maximum(pos, 0), last).astype(np.int64)
+    row = part * h + cell[1]  # (n, M) rows of the stacked (K*H, W) maps
+    key = (row * w)[:, None] + cell[0]
     np.maximum.at(heat, key.ravel(), val.ravel())
     return heat.reshape(num_parts, h, w)
 
@@ -135,89 +158,115 @@ def render_pafs(
 ) -> np.ndarray:
     """(2E, H, W) float32 Part Affinity Fields for one sample's (N, K, 3) keypoints."""
     kp = _as_keypoints(keypoints, topology.num_parts)
-    return _pafs(kp, _present(kp, map_size, cfg), topology, map_size, cfg)
+    return _pafs(*_coords(kp, map_size, cfg), topology, map_size, cfg)
 
 
-def _pafs(kp, present, topology, map_size, cfg) -> np.ndarray:
+# Rows of the per-limb table in _pafs. The first twelve are (x, y) pairs, swapped into (major,
+# minor) for limbs that run mostly vertically (_SWAP_XY); a_m..step_n name them after the swap.
+_A_M, _A_N, _B_M, _B_N, _U_M, _U_N, _MID_M, _MID_N, _SIZE_M, _SIZE_N, _STEP_M, _STEP_N = range(12)
+_UX, _UY, _LENGTH, _SLOPE, _REACH_N = range(12, 17)  # float32 table only
+_SWAP_XY = np.array([1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 12, 13, 14, 15, 16])
+# float64 table: rows 0.._UY as above, the flat output index bases of the x and y channels, the
+# float32 table's _LENGTH.._REACH_N, and the row-number offset of the major coordinate
+_BASE_X, _BASE_Y, _LENGTH64, _SLOPE64, _REACH_N64, _M_START = range(14, 20)
+
+
+def _pafs(uv, present, topology, map_size, cfg) -> np.ndarray:
+    """PAFs from (2, N, K) map coordinates and the (N, K) present mask."""
     h, w = map_size
-    out = np.zeros((topology.num_paf_channels, h, w), np.float32)
-    if kp.shape[0] == 0 or topology.num_edges == 0:
-        return out
-    edges, edges_paf = _edge_arrays(topology)  # (E, 2) parts, (E, 2) PAF channels
-    ok = present[:, edges[:, 0]] & present[:, edges[:, 1]]  # (N, E)
-    obj, edge = np.nonzero(ok)
-    if obj.size == 0:
-        return out
-    # (M, 2 ends, 2) limb ends in map coordinates, gathered at once
-    ab = kp[obj[:, None], edges[edge], :2] / np.float32(cfg.stride) - np.float32(0.5)
-    d = ab[:, 1] - ab[:, 0]
-    length = np.sqrt((d * d).sum(1))
-    nz = length > 1e-6
-    if not nz.all():
-        ab, d, length, edge = ab[nz], d[nz], length[nz], edge[nz]
-        if edge.size == 0:
-            return out
-    a, b = ab[:, 0], ab[:, 1]
-    unit = d / length[:, None]
-    wd = np.float32(cfg.paf_width)
+    hw = h * w
+    ne = topology.num_edges
+    out = np.zeros(2 * ne * hw, np.float32)
+    if present.size == 0 or ne == 0:
+        return out.reshape(2 * ne, h, w)
+    edges, channels = _edge_arrays(topology)  # (E, 2) parts, (2, E) PAF channels
+    ends = present[:, edges]  # (N, E, 2)
+    limb = np.flatnonzero(ends[..., 0] & ends[..., 1])  # object * E + edge, object-major
+    if limb.size == 0:
+        return out.reshape(2 * ne, h, w)
+    ab = uv[:, :, edges].reshape(2, -1, 2)[:, limb]  # (x|y, M, 2 ends) limb ends, map coordinates
+    a, b = ab[..., 0], ab[..., 1]
+    d = b - a
+    sq = d * d
+    length = np.sqrt(sq[0] + sq[1])
+    if np.minimum.reduce(length) <= 1e-6:  # zero-length limbs have no direction: skipped
+        nz = length > 1e-6
+        a, b, d, length, limb = a[:, nz], b[:, nz], d[:, nz], length[nz], limb[nz]
+        if limb.size == 0:
+            return out.reshape(2 * ne, h, w)
+    nl = limb.size
     # Candidate pixels: walk each limb along its major axis (the one it spans more of) and take,
     # at every major coordinate, the few minor coordinates the band can reach there. That is about
     # 3 pixels per unit of limb length instead of the limb's whole bounding box, and all limbs of
-    # all people are expanded into one flat list, so the number of numpy calls does not grow with
-    # the number of people. The exact rectangle test below decides. Work happens in each limb's
-    # (major, minor) frame; pixels go back to (x, y) only for the final index.
-    x_major = np.abs(d[:, 0]) >= np.abs(d[:, 1])
-    swap = x_major[:, None]
-    a_mn = np.where(swap, a, a[:, ::-1])  # (M, 2) limb start as (major, minor)
-    u_mn = np.where(swap, unit, unit[:, ::-1])
-    b_major = np.where(x_major, b[:, 0], b[:, 1])
-    slope = u_mn[:, 1] / u_mn[:, 0]  # |slope| <= 1; u_major != 0 since the limb has length
-    half = wd * np.sqrt(1 + slope * slope)  # the band's half-extent along the minor axis
-    # reach at least one pixel either way, so the pixel nearest the midpoint is a candidate too
-    reach_m, reach_n = max(wd, 1.0), np.maximum(half, 1.0)
-    m_size = np.where(x_major, w, h)
-    m0 = np.maximum(np.ceil(np.minimum(a_mn[:, 0], b_major) - reach_m), 0)
-    m1 = np.minimum(np.floor(np.maximum(a_mn[:, 0], b_major) + reach_m), m_size - 1)
-    mid = np.floor((a + b) * np.float32(0.5) + np.float32(0.5))  # (M, 2) pixel nearest the midpoint
-    mid = np.where(swap, mid, mid[:, ::-1])  # as (major, minor)
+    # all people are expanded into one flat list of (limb, major coordinate) rows, so the number
+    # of numpy calls does not grow with the number of people. The exact rectangle test below
+    # decides. Work happens in each limb's (major, minor) frame: the per-limb values sit in one
+    # table of (x, y) pairs, swapped for limbs that run mostly vertically, together with the
+    # flat-index steps along x and y, so pixels never go back to (x, y). Rows of the tables are
+    # quantities and columns limbs (later candidate rows), so each step is one long loop.
+    table = np.empty((17, nl), np.float32)
+    table[_A_M : _A_N + 1] = a
+    table[_B_M : _B_N + 1] = b
+    np.divide(d, length, out=table[_U_M : _U_N + 1])  # unit vector
+    # the pixel nearest the midpoint
+    np.floor((a + b) * np.float32(0.5) + np.float32(0.5), out=table[_MID_M : _MID_N + 1])
+    table[_SIZE_M:_UX] = _map_constants(map_size, cfg.stride)[3]
+    table[_UX : _UY + 1] = table[_U_M : _U_N + 1]  # the unit vector again, never swapped
+    table[_LENGTH] = length
+    ad = np.abs(d)
+    frame = np.where(ad[0] >= ad[1], table, table[_SWAP_XY])  # x_major: no swap
+    a_m, b_m, u_m, u_n, size_m = frame[_A_M], frame[_B_M], frame[_U_M], frame[_U_N], frame[_SIZE_M]
+    wd = np.float32(cfg.paf_width)
+    slope = np.divide(u_n, u_m, out=frame[_SLOPE])  # |slope| <= 1; u_major != 0 (length > 0)
+    # the band's half-extent along the minor axis; reach at least one pixel either way, so the
+    # pixel nearest the midpoint is a candidate too
+    reach_n = np.maximum(wd * np.sqrt(1 + slope * slope), 1.0, out=frame[_REACH_N])
+    reach_m = max(wd, 1.0)
+    m0 = np.maximum(np.ceil(np.minimum(a_m, b_m) - reach_m), 0)
+    m1 = np.minimum(np.floor(np.maximum(a_m, b_m) + reach_m), size_m - 1)
     count = np.maximum(m1 - m0 + 1, 0).astype(np.int64)
-    total = int(count.sum())
+    end = np.add.accumulate(count)
+    total = int(end[-1])
     if total == 0:
-        return out
-    # per-limb parameters gathered once for every candidate major coordinate
-    params = np.stack(
-        [a_mn[:, 0], a_mn[:, 1], u_mn[:, 0], u_mn[:, 1], slope, reach_n, length,
-         np.where(x_major, h, w), x_major, m0 - np.cumsum(count) + count, mid[:, 0], mid[:, 1]],
-        axis=1,
-    )  # fmt: skip
-    limb = np.repeat(np.arange(edge.size), count)
-    p = params[limb]  # (T, 12)
-    m = p[:, 9] + np.arange(total)  # major coordinate of each candidate row
-    dm = (m - p[:, 0])[:, None]
-    minor = np.ceil(p[:, 1] + dm[:, 0] * p[:, 4] - p[:, 5])[:, None] + np.arange(
-        int(np.floor(2 * reach_n.max())) + 1
-    )  # (T, n_minor) candidate minor coordinates
-    dn = minor - p[:, 1:2]
-    along = dm * p[:, 2:3] + dn * p[:, 3:4]
-    across = np.abs(dm * p[:, 3:4] - dn * p[:, 2:3])
+        return out.reshape(2 * ne, h, w)
+    limb64 = np.empty((20, nl))
+    limb64[:_BASE_X] = frame[:_BASE_X]
+    np.multiply(channels[:, limb % ne], hw, out=limb64[_BASE_X : _BASE_Y + 1])
+    limb64[_LENGTH64:_M_START] = frame[_LENGTH:]
+    np.subtract(m0, end - count, out=limb64[_M_START])  # so m_start + row number = m0
+    rows = np.repeat(limb64, count, axis=1)  # (20, T) the limb's values on each candidate row
+    m = rows[_M_START] + np.arange(total, dtype=np.float64)  # major coordinate of each row
+    a_m, a_n = rows[_A_M], rows[_A_N]
+    u_m, u_n = rows[_U_M], rows[_U_N]
+    dm = m - a_m
+    n_minor = math.floor(2 * float(np.maximum.reduce(reach_n))) + 1
+    minor = (
+        np.ceil(a_n + dm * rows[_SLOPE64] - rows[_REACH_N64])
+        + np.arange(n_minor, dtype=np.float64)[:, None]
+    )  # (n_minor, T) candidate minor coordinates
+    dn = minor - a_n
+    along = dm * u_m + dn * u_n
+    across = np.abs(dm * u_n - dn * u_m)
     inside = (
-        ((along >= 0) & (along <= p[:, 6:7]) & (across <= wd))
-        | ((m == p[:, 10])[:, None] & (minor == p[:, 11:12]))
-    ) & ((minor >= 0) & (minor < p[:, 7:8]))
-    rows, cols = np.nonzero(inside)
-    mm, nn = m[rows].astype(np.int64), minor[rows, cols].astype(np.int64)
-    li = limb[rows]
-    pix = np.where(p[rows, 8] > 0, nn * w + mm, mm * w + nn)
-    # average the unit vectors of the limbs (of different objects) covering each pixel
-    hw_ = h * w
-    key = edge[li] * hw_ + pix
-    hits = np.bincount(key, minlength=topology.num_edges * hw_)
-    # float32 throughout: np.add.at takes a slow path when value and array dtypes differ
-    share = np.float32(1.0) / hits[key].astype(np.float32)
-    # both components in one scatter: channels (P, 2) from edges_paf, values the shared vectors
-    index = edges_paf[edge[li]] * hw_ + pix[:, None]
-    np.add.at(out.reshape(-1), index.ravel(), (unit[li] * share[:, None]).ravel())
-    return out
+        ((along >= 0) & (along <= rows[_LENGTH64]) & (across <= wd))
+        | ((m == rows[_MID_M]) & (minor == rows[_MID_N]))
+    ) & ((minor >= 0) & (minor < rows[_SIZE_N]))
+    # covered pixels ordered by row, then minor coordinate (the order of the scatter below)
+    flat = np.flatnonzero(inside.T)
+    row = flat // n_minor
+    # flat pixel index, exact in float64
+    pix = (m * rows[_STEP_M] + minor * rows[_STEP_N]).T.ravel()[flat]
+    sel = rows[_UX : _BASE_Y + 1, row]  # (4, P) unit vector, output index bases
+    index = (sel[2:] + pix).astype(np.int64)  # (2, P) flat output indices of x and y
+    # Average the unit vectors of the limbs (of different objects) covering each pixel: count
+    # them first in the x channel itself (its index is unique per edge and pixel), then clear it.
+    np.add.at(out, index[0], np.float32(1.0))
+    share = np.float32(1.0) / out[index[0]]
+    out[index[0]] = 0
+    # both components in one scatter, float32 throughout: np.add.at takes a slow path when
+    # value and array dtypes differ
+    np.add.at(out, index.ravel(), (sel[:2].astype(np.float32) * share).ravel())
+    return out.reshape(2 * ne, h, w)
 
 
 def render_targets(
@@ -228,10 +277,10 @@ def render_targets(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Heatmaps (K, H, W) and PAFs (2E, H, W), float32, for one sample's (N, K, 3) keypoints."""
     kp = _as_keypoints(keypoints, topology.num_parts)
-    present = _present(kp, map_size, cfg)
+    uv, present = _coords(kp, map_size, cfg)
     return (
-        _heatmaps(kp, present, topology.num_parts, map_size, cfg),
-        _pafs(kp, present, topology, map_size, cfg),
+        _heatmaps(uv, present, topology.num_parts, map_size, cfg),
+        _pafs(uv, present, topology, map_size, cfg),
     )
 
 
