@@ -84,17 +84,17 @@ def _edge_arrays(topology: Topology) -> tuple[np.ndarray, np.ndarray]:
 
 @functools.lru_cache(maxsize=64)
 def _map_constants(map_size: tuple[int, int], stride: int) -> tuple[np.ndarray, ...]:
-    """Per map size (read-only), each broadcasting over (x|y, ...): the image limits
-    ``[W*s, H*s]`` a present keypoint stays below, the map extents ``[W, H]`` and the last
-    pixel ``[W-1, H-1]``; and the (4, 1) column ``[W, H, 1, W]`` for the PAF limb table (extent
-    along x and y, step of the flat pixel index along x and y)."""
+    """Per map size (read-only): the image limits ``[W*s, H*s]`` a present keypoint stays below
+    and the last map pixel ``[W-1, H-1]``, both (2, 1, 1) to broadcast over (x|y, ...); and the
+    (4, 1) column ``[W, H, 1, W]`` of the PAF limb table (map extent along x and y, step of the
+    flat pixel index along x and y)."""
     h, w = map_size
     limits = np.array([w * stride, h * stride], np.float32).reshape(2, 1, 1)
-    size = np.array([w, h], np.float32).reshape(2, 1, 1)
+    last = np.array([w - 1, h - 1], np.float32).reshape(2, 1, 1)
     size_steps = np.array([w, h, 1, w], np.float32).reshape(4, 1)
-    for a in (limits, size, size_steps):
+    for a in (limits, last, size_steps):
         a.flags.writeable = False
-    return limits, size, size - 1, size_steps
+    return limits, last, size_steps
 
 
 def _coords(kp: np.ndarray, map_size: tuple[int, int], cfg: TargetConfig):
@@ -130,20 +130,24 @@ def _heatmaps(uv, present, num_parts, map_size, cfg) -> np.ndarray:
     """Heatmaps from (2, N, K) map coordinates and the (N, K) present mask."""
     h, w = map_size
     heat = np.zeros(num_parts * h * w, np.float32)
-    part = np.nonzero(present)[1]
-    if part.size == 0:
+    # np.take and ndarray.nonzero: fancy indexing and the np.flatnonzero wrapper cost several
+    # times more on arrays this small
+    idx = present.ravel().nonzero()[0]  # object * K + part
+    if idx.size == 0:
         return heat.reshape(num_parts, h, w)
-    uv = uv[:, present]  # (2, M) map coordinates of the present keypoints
+    part = idx % num_parts
+    uv = uv.reshape(2, -1).take(idx, axis=1)  # (2, M) map coordinates of the present keypoints
     r = cfg.truncate * cfg.sigma
     n = int(math.floor(2 * r)) + 1  # window length holding every pixel within r of the centre
     # (2, n, M) window columns (x) and rows (y) of every keypoint
     pos = np.ceil(uv - r)[:, None] + np.arange(n, dtype=np.float32)[:, None]
     d = pos - uv[:, None]
-    _, size, last, _ = _map_constants(map_size, cfg.stride)
-    g = np.exp(d * d * np.float32(-0.5 / cfg.sigma**2)) * ((d <= r) & (pos >= 0) & (pos < size))
+    # the window clipped to the map equals the window exactly where it is on the map; clipped
+    # indices elsewhere land where the value is zero, which max leaves alone
+    cell = np.minimum(np.maximum(pos, 0), _map_constants(map_size, cfg.stride)[1])
+    g = np.exp(d * d * np.float32(-0.5 / cfg.sigma**2)) * ((d <= r) & (cell == pos))
     val = g[1, :, None] * g[0]  # (n rows, n columns, M) float32, zero outside the map
-    # clipped indices land only where the value is zero, which max leaves alone
-    cell = np.minimum(np.maximum(pos, 0), last).astype(np.int64)
+    cell = cell.astype(np.int64)
     row = part * h + cell[1]  # (n, M) rows of the stacked (K*H, W) maps
     key = (row * w)[:, None] + cell[0]
     np.maximum.at(heat, key.ravel(), val.ravel())
@@ -180,11 +184,14 @@ def _pafs(uv, present, topology, map_size, cfg) -> np.ndarray:
     if present.size == 0 or ne == 0:
         return out.reshape(2 * ne, h, w)
     edges, channels = _edge_arrays(topology)  # (E, 2) parts, (2, E) PAF channels
-    ends = present[:, edges]  # (N, E, 2)
-    limb = np.flatnonzero(ends[..., 0] & ends[..., 1])  # object * E + edge, object-major
+    # np.take and ndarray.nonzero: fancy indexing and the np.flatnonzero wrapper cost several
+    # times more on arrays this small
+    ends = present.take(edges, axis=1)  # (N, E, 2)
+    limb = (ends[..., 0] & ends[..., 1]).ravel().nonzero()[0]  # object * E + edge, object-major
     if limb.size == 0:
         return out.reshape(2 * ne, h, w)
-    ab = uv[:, :, edges].reshape(2, -1, 2)[:, limb]  # (x|y, M, 2 ends) limb ends, map coordinates
+    # (x|y, M, 2 ends) limb ends in map coordinates
+    ab = uv.take(edges, axis=2).reshape(2, -1, 2).take(limb, axis=1)
     a, b = ab[..., 0], ab[..., 1]
     d = b - a
     sq = d * d
@@ -210,11 +217,11 @@ def _pafs(uv, present, topology, map_size, cfg) -> np.ndarray:
     np.divide(d, length, out=table[_U_M : _U_N + 1])  # unit vector
     # the pixel nearest the midpoint
     np.floor((a + b) * np.float32(0.5) + np.float32(0.5), out=table[_MID_M : _MID_N + 1])
-    table[_SIZE_M:_UX] = _map_constants(map_size, cfg.stride)[3]
+    table[_SIZE_M:_UX] = _map_constants(map_size, cfg.stride)[2]
     table[_UX : _UY + 1] = table[_U_M : _U_N + 1]  # the unit vector again, never swapped
     table[_LENGTH] = length
     ad = np.abs(d)
-    frame = np.where(ad[0] >= ad[1], table, table[_SWAP_XY])  # x_major: no swap
+    frame = np.where(ad[0] >= ad[1], table, table.take(_SWAP_XY, axis=0))  # x_major: no swap
     a_m, b_m, u_m, u_n, size_m = frame[_A_M], frame[_B_M], frame[_U_M], frame[_U_N], frame[_SIZE_M]
     wd = np.float32(cfg.paf_width)
     slope = np.divide(u_n, u_m, out=frame[_SLOPE])  # |slope| <= 1; u_major != 0 (length > 0)
@@ -224,14 +231,15 @@ def _pafs(uv, present, topology, map_size, cfg) -> np.ndarray:
     reach_m = max(wd, 1.0)
     m0 = np.maximum(np.ceil(np.minimum(a_m, b_m) - reach_m), 0)
     m1 = np.minimum(np.floor(np.maximum(a_m, b_m) + reach_m), size_m - 1)
-    count = np.maximum(m1 - m0 + 1, 0).astype(np.int64)
+    # never empty: a present end lies in [-0.5, size - 0.5] and both reaches are >= 1
+    count = (m1 - m0 + 1).astype(np.int64)
     end = np.add.accumulate(count)
     total = int(end[-1])
     if total == 0:
         return out.reshape(2 * ne, h, w)
     limb64 = np.empty((20, nl))
     limb64[:_BASE_X] = frame[:_BASE_X]
-    np.multiply(channels[:, limb % ne], hw, out=limb64[_BASE_X : _BASE_Y + 1])
+    np.multiply(channels.take(limb % ne, axis=1), hw, out=limb64[_BASE_X : _BASE_Y + 1])
     limb64[_LENGTH64:_M_START] = frame[_LENGTH:]
     np.subtract(m0, end - count, out=limb64[_M_START])  # so m_start + row number = m0
     rows = np.repeat(limb64, count, axis=1)  # (20, T) the limb's values on each candidate row
@@ -247,21 +255,25 @@ def _pafs(uv, present, topology, map_size, cfg) -> np.ndarray:
     dn = minor - a_n
     along = dm * u_m + dn * u_n
     across = np.abs(dm * u_n - dn * u_m)
-    inside = (
+    # The last step of each grid writes into a transposed (T, n_minor) buffer, so the covered
+    # pixels come out ordered by row, then minor coordinate: the scatter order of the old
+    # row-major grid, which keeps sums over overlapping limbs bit for bit the same.
+    inside = np.empty((total, n_minor), bool)
+    np.logical_and(
         ((along >= 0) & (along <= rows[_LENGTH64]) & (across <= wd))
-        | ((m == rows[_MID_M]) & (minor == rows[_MID_N]))
-    ) & ((minor >= 0) & (minor < rows[_SIZE_N]))
-    # covered pixels ordered by row, then minor coordinate (the order of the scatter below)
-    flat = np.flatnonzero(inside.T)
-    row = flat // n_minor
-    # flat pixel index, exact in float64
-    pix = (m * rows[_STEP_M] + minor * rows[_STEP_N]).T.ravel()[flat]
-    sel = rows[_UX : _BASE_Y + 1, row]  # (4, P) unit vector, output index bases
-    index = (sel[2:] + pix).astype(np.int64)  # (2, P) flat output indices of x and y
+        | ((m == rows[_MID_M]) & (minor == rows[_MID_N])),
+        (minor >= 0) & (minor < rows[_SIZE_N]),
+        out=inside.T,
+    )
+    pix = np.empty((total, n_minor))  # flat pixel index, exact in float64
+    np.add(m * rows[_STEP_M], minor * rows[_STEP_N], out=pix.T)
+    flat = inside.ravel().nonzero()[0]
+    sel = rows[_UX : _BASE_Y + 1].take(flat // n_minor, axis=1)  # (4, P) unit, index bases
+    index = (sel[2:] + pix.ravel().take(flat)).astype(np.int64)  # (2, P) output x, y indices
     # Average the unit vectors of the limbs (of different objects) covering each pixel: count
     # them first in the x channel itself (its index is unique per edge and pixel), then clear it.
     np.add.at(out, index[0], np.float32(1.0))
-    share = np.float32(1.0) / out[index[0]]
+    share = np.float32(1.0) / out.take(index[0])
     out[index[0]] = 0
     # both components in one scatter, float32 throughout: np.add.at takes a slow path when
     # value and array dtypes differ
