@@ -54,9 +54,10 @@ leading dimension. NaN never makes a peak or counts as edge evidence; +inf peaks
 confidence 1 and infinite PAF values as +-1.
 
 Speed: numpy calls on whole arrays, none per pixel or per candidate pair; the only Python loop
-runs over the accepted edge candidates (matching) and the peaks (object labels). A decoder keeps
-per-shape constants and a per-thread bordered heatmap buffer between calls; one instance may be
-shared by threads.
+runs over the accepted edge candidates (matching) and the peaks (object labels). The maps are read
+in place (no padded copy): candidates gather their window at fixed flat offsets, and a per-shape
+border class per pixel marks the offsets beyond the border as -inf. A decoder keeps per-shape
+constants and a per-thread scratch buffer between calls; one instance may be shared by threads.
 """
 
 from __future__ import annotations
@@ -207,9 +208,29 @@ class OpenPoseDecoder:
         self._before = (self._offs[:, 0] < 0) | ((self._offs[:, 0] == 0) & (self._offs[:, 1] < 0))
         self._norm = float(self._k + self._e)
         self._eidx = np.arange(self._e)
-        self._r = max(1, r)  # width of the -inf border of the padded heatmap
-        self._nbefore = int(self._before.sum())  # raster order: the first half of the window
-        assert self._before[: self._nbefore].all()
+        self._r = max(1, r)  # radius of the window gathered around candidates (refinement: 1)
+        # The window gathered around each candidate: the pixel, the neighbours before it in
+        # raster order, then those after it; left and up lead the first group, right and down the
+        # second, so the refinement's cross is rows 0, 1:3 and after:after+2. NMS compares rows
+        # 1:after (strictly lower) and after:nms_end (at most equal); a 1x1 max-pool compares none
+        # but the 3x3 window is still gathered for the refinement.
+        rr = self._r
+        rest = [(dr, dc) for dr in range(-rr, rr + 1) for dc in range(-rr, rr + 1)]
+        rest = [o for o in rest if o not in ((0, 0), (0, -1), (-1, 0), (0, 1), (1, 0))]
+        before = [(0, -1), (-1, 0)] + [o for o in rest if o < (0, 0)]
+        after = [(0, 1), (1, 0)] + [o for o in rest if o > (0, 0)]
+        self._win_rc = np.asarray([(0, 0)] + before + after, np.intp)  # (Wn, 2) (drow, dcol)
+        self._after = 1 + len(before)
+        self._nms_end = len(self._win_rc) if r else 1
+        self._nms_before = slice(1, self._after if r else 1)
+        self._nms_after = slice(self._after if r else 1, self._nms_end)
+        self._cross_rows = np.array([0, 1, 2, self._after, self._after + 1], np.intp)
+        # the 3x3 window in raster order (centroid refinement), as rows of the gathered window
+        rc = [tuple(o) for o in self._win_rc.tolist()]
+        self._win3_rows = np.array(
+            [rc.index((dr, dc)) for dr in (-1, 0, 1) for dc in (-1, 0, 1)], np.intp
+        )
+        self._win3_rc = np.array([(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)], np.intp)
         # short limbs: the 3x3 window around the midpoint, cycled to S samples (2, S)
         win = np.array([(dc, dr) for dr in (-1, 0, 1) for dc in (-1, 0, 1)], np.float64)
         self._win_s = win[np.arange(self.edge_sampling_steps) % 9].T.copy()
@@ -221,7 +242,7 @@ class OpenPoseDecoder:
         if len(pairs) == self._e:
             self._edge_of = np.full((self._k, self._k), -1, np.intp)
             self._edge_of[self._ea, self._eb] = self._eidx
-        self._buffers = threading.local()  # per-thread bordered heatmaps, reused between calls
+        self._buffers = threading.local()  # per-thread scratch (split-merge marks) between calls
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -306,29 +327,32 @@ class OpenPoseDecoder:
         scale = _as_scale(output_scale, "output_scale") or self.output_scale or (m.h, m.w)
 
         # ---- steps 1-2: candidates above threshold, NMS, confidence, cap per part
-        part, row, col, pflat = self._peaks(m)
+        # (small arrays: take / nonzero + take, cheaper than fancy or boolean indexing)
+        part, cr, pflat, win = self._peaks(m)  # cr: (2, P) (col, row)
         if part.size == 0:
             z, f = np.zeros(0, np.intp), np.zeros(0)
             return DecodeTrace(z, z, z, f, np.zeros((0, 2)), z, z, z, f, z, z.astype(bool), z, [])
-        score = m.pad[pflat]  # (P,) peak confidences
-        if score.max() == np.inf:  # NaN never is a peak; +inf counts as certain
+        score = win[0]  # (P,) peak confidences
+        if np.maximum.reduce(score) == np.inf:  # NaN never is a peak; +inf counts as certain
             score = np.minimum(score, 1.0)
         if part.size > self.max_peaks_per_part and (
             np.bincount(part).max() > self.max_peaks_per_part
         ):
             sel = _cap_index(part, score, self.max_peaks_per_part)
-            part, row, col, pflat, score = part[sel], row[sel], col[sel], pflat[sel], score[sel]
+            part, pflat, score = part.take(sel), pflat.take(sel), score.take(sel)
+            cr, win = cr.take(sel, 1), win.take(sel, 1)
         if not m.sorted:  # group peaks by part (the flat order of a CHW map already is)
             o = np.argsort(part, kind="stable")
-            part, row, col, pflat, score = part[o], row[o], col[o], pflat[o], score[o]
+            part, pflat, score = part.take(o), pflat.take(o), score.take(o)
+            cr, win = cr.take(o, 1), win.take(o, 1)
+        col, row = cr
 
-        # ---- step 8, for every peak up front (a few gathers): sub-pixel positions (u, v)
+        # ---- step 8, for every peak up front (from the NMS windows): sub-pixel positions (u, v)
         if self.refine_parts_coordinates:
-            pos = self._refine(m, pflat)  # (2, P) offsets, then map index coordinates
+            pos = self._refine(win)  # (2, P) offsets, then map index coordinates
+            np.add(pos, cr, out=pos)
         else:
-            pos = np.zeros((2, part.size))
-        pos[0] += col
-        pos[1] += row
+            pos = cr.astype(np.float64)
 
         # ---- steps 3-4: every candidate pair of every edge, scored on the PAF at once
         ce, ca, cb, cscore, ccount, cok = self._score_edges(m, part, pos)
@@ -337,18 +361,29 @@ class OpenPoseDecoder:
         # and objects joined edge by edge unless a part would repeat
         okidx = cok.nonzero()[0]
         if okidx.size > 1:
-            okidx = okidx[np.argsort(-cscore[okidx], kind="stable")]
+            okidx = okidx.take(np.argsort(-cscore.take(okidx), kind="stable"))
             if okidx.size > _VECTOR_MATCH:  # noise maps: the one-to-one rounds as whole arrays
                 key = ce[okidx] * part.size
                 okidx = okidx[_one_to_one(key + ca[okidx], key + cb[okidx], self._e * part.size)]
-        obj, accepted = _greedy_union(
-            ce[okidx].tolist(), ca[okidx].tolist(), cb[okidx].tolist(), part.tolist()
+        obj, nobj, accepted = _greedy_union(
+            ce.take(okidx).tolist(), ca.take(okidx).tolist(), cb.take(okidx).tolist(), part.tolist()
         )
-        accepted = okidx[accepted]
+        accepted = okidx.take(accepted)
 
         # ---- steps 6-7, 9: objects, merge split graphs, filters, output scaling
         skeletons = self._objects(
-            part, score, pos, pflat, m.geo, obj, ca[accepted], cscore[accepted], m.h, m.w, scale
+            part,
+            score,
+            pos,
+            pflat,
+            m.geo,
+            obj,
+            nobj,
+            ca.take(accepted),
+            cscore.take(accepted),
+            m.h,
+            m.w,
+            scale,
         )
         return DecodeTrace(
             part, row, col, score, pos.T, ce, ca, cb, cscore, ccount, cok, accepted, skeletons
@@ -356,7 +391,7 @@ class OpenPoseDecoder:
 
     # ------------------------------------------------------------------ steps
     def _prepare(self, heatmap, paf, maxpool_heatmap, layout) -> _Maps:
-        """Check shapes; the heatmap with a -inf border; flat PAF; shape constants."""
+        """Check shapes; flat heatmap and PAF (no copies of contiguous float maps); constants."""
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         heatmap, paf = np.asarray(heatmap), np.asarray(paf)
@@ -392,60 +427,52 @@ class OpenPoseDecoder:
                     f"maxpool_heatmap {maxpool_heatmap.shape} must have the heatmap's shape "
                     f"{hs} ({layout})"
                 )
-        dtype = heatmap.dtype if heatmap.dtype in (np.float32, np.float64) else np.dtype(np.float32)
-        g = self._geometry(chw, h, w, dtype)
-        # the heatmap inside a -inf border of maxpool_kernel // 2 pixels, in its own layout:
-        # neighbours are fixed flat offsets with no bounds checks (the border is never a peak
-        # nor beats one). The bordered buffer is reused per thread: only its inside is written.
-        r = self._r
-        pad = self._buffers.__dict__.get(g.key)
-        if pad is None:
-            pad = np.full(g.pad_shape, -np.inf, dtype)
-            self._buffers.__dict__[g.key] = pad
-        if chw:
-            pad[:, r:-r, r:-r] = heatmap
-        else:
-            pad[r:-r, r:-r] = heatmap
-        return _Maps(pad.reshape(-1), heatmap, maxpool_heatmap, _flat(paf), h, w, chw, g, chw)
+        g = self._geometry(chw, h, w)
+        return _Maps(_flat(heatmap), heatmap, maxpool_heatmap, _flat(paf), h, w, chw, g, chw)
 
-    def _geometry(self, chw: bool, h: int, w: int, dtype) -> _Geometry:
-        """Flat offsets and strides of one map shape and layout (cached)."""
-        key = (chw, h, w, np.dtype(dtype).str)
+    def _geometry(self, chw: bool, h: int, w: int) -> _Geometry:
+        """Flat offsets, strides and border classes of one map shape and layout (cached)."""
+        key = (chw, h, w)
         g = self._geometries.get(key)
         if g is not None:
             return g
-        k, c, r = self._k, 2 * self._e, self._r
-        hp, wp = h + 2 * r, w + 2 * r
+        k, c = self._k, 2 * self._e
         if chw:
-            strides, pstrides, shape = (hp * wp, wp, 1), (h * w, w, 1), (k, hp, wp)
+            strides, pstrides = (h * w, w, 1), (h * w, w, 1)
         else:
-            strides, pstrides, shape = (1, wp * k, k), (1, w * c, c), (hp, wp, k)
+            strides, pstrides = (1, w * k, k), (1, w * c, c)
         sr, sc = strides[1], strides[2]
-        # the pixel itself first, then its neighbours in raster order: those before it (the
-        # first half) must be strictly lower, those after at most equal (plateau tie-break)
-        nms = np.concatenate([[0], self._offs[:, 0] * sr + self._offs[:, 1] * sc])
-        cross = np.array([0, -sc, -sr, sc, sr], np.intp)  # centre, left, up, right, down
-        win = np.array([(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)], np.intp)
-        window = win[:, 0] * sr + win[:, 1] * sc
+        # border classes: which window offsets of a pixel fall outside the map. Class 0 is the
+        # inside (all valid; an all-valid row is appended so that it exists on tiny maps).
+        rows, cols = np.divmod(np.arange(h * w), w)
+        dr, dc = self._win_rc[:, 0], self._win_rc[:, 1]
+        rr, cc = rows[:, None] + dr, cols[:, None] + dc
+        valid = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)  # (H*W, Wn)
+        valid = np.concatenate([valid, np.ones((1, len(dr)), bool)])
+        uniq, inv = np.unique(valid, axis=0, return_inverse=True)
+        ncls = len(uniq)
+        code = (inv.reshape(-1)[:-1] + 1) % ncls  # the all-valid row sorts last: class 0
+        code = code.astype(np.min_scalar_type(ncls))
         g = _Geometry(
-            key=f"pad_{'chw' if chw else 'hwc'}_{h}_{w}_{np.dtype(dtype).str}",
-            pad_shape=shape,
+            key=f"{'chw' if chw else 'hwc'}_{h}_{w}",
+            size=k * h * w,
             strides=strides,
             paf_strides=pstrides,
-            nms=nms.astype(np.intp),
-            cross=cross,
-            window=window,
-            window_rc=win,
+            window=(dr * sr + dc * sc).astype(np.intp),
+            code=np.tile(code, k) if chw else np.repeat(code, k),
+            invalid=~np.roll(uniq, 1, axis=0),
             chan=np.stack([self._pafx, self._pafy]) * pstrides[0],  # (2, E) PAF channel bases
-            bounds=np.array([[w - 1], [h - 1]], np.float64),  # (2, 1) largest (u, v)
+            paf_rc={t: np.array([pstrides[2], pstrides[1]], t) for t in "fd"},
+            bounds={t: np.array([[w - 1], [h - 1]], t) for t in (np.float32, np.float64)},
         )
         self._geometries[key] = g
         return g
 
     def _peaks(self, m: _Maps):
-        """Steps 1-2: (part, row, col, padded flat index) of the NMS peaks above threshold."""
+        """Steps 1-2: (part, row, col, flat index) of the NMS peaks above threshold, and the
+        (Wn, P) window of heatmap values around each (row 0: the peak; -inf beyond the border).
+        """
         thr = self.threshold_heatmap
-        g = m.geo
         if m.maxpool is not None:
             # Isaac's NMS: equality with the max-pooled heatmap computed inside the exported graph
             heat = m.heat if m.chw else m.heat.transpose(2, 0, 1)
@@ -455,46 +482,71 @@ class OpenPoseDecoder:
                 sel = _cap_index(part, heat[part, row, col], 4 * self.max_peaks_per_part)
                 part, row, col = part[sel], row[sel], col[sel]
             m.sorted = True
-            pflat = self._to_pad(m, part, row, col)
-            if pflat.size:  # plateau tie-break, as in the own NMS below
-                nb = m.pad[g.nms[: self._nbefore + 1, None] + pflat]
-                keep = nb[0] > np.fmax.reduce(nb[1:], axis=0, initial=-np.inf)
-                part, row, col, pflat = part[keep], row[keep], col[keep], pflat[keep]
-            return part, row, col, pflat
-        cand = (m.pad > thr).nonzero()[0]  # (M,) NaN and the -inf border compare False
-        if cand.size > m.heat.size * _SPARSE_FRACTION:
-            return self._dense_nms(m)
-        # (1 + k*k-1, M): the pixel, then its neighbours. Neighbours run along axis 0: numpy
-        # reduces a short last axis ~30x slower than it combines whole rows.
-        nb = m.pad.take(g.nms[:, None] + cand)
-        v, nbb = nb[0], self._nbefore + 1
-        keep = v > np.fmax.reduce(nb[1:nbb], axis=0, initial=-np.inf)
-        keep &= v >= np.fmax.reduce(nb[nbb:], axis=0, initial=-np.inf)
-        pflat = cand[keep]
-        part, row, col = self._from_pad(m, pflat)
-        return part, row, col, pflat
+            flat = self._to_flat(m, part, row, col)
+            win = self._window(m, flat)
+            if flat.size:  # plateau tie-break, as in the own NMS below
+                keep = win[0] > np.fmax.reduce(win[self._nms_before], axis=0, initial=-np.inf)
+                part, row, col, flat, win = (
+                    part[keep],
+                    row[keep],
+                    col[keep],
+                    flat[keep],
+                    win[:, keep],
+                )
+            return part, np.stack([col, row]), flat, win
+        cand = (m.flat > thr).nonzero()[0]  # (M,) NaN compares False
+        if cand.size > m.flat.size * _SPARSE_FRACTION:
+            part, row, col, flat = self._dense_nms(m)
+            return part, np.stack([col, row]), flat, self._window(m, flat)
+        # (Wn, M): the pixel, then its neighbours. Neighbours run along axis 0: numpy reduces a
+        # short last axis ~30x slower than it combines whole rows.
+        win = self._window(m, cand)
+        v = win[0]
+        keep = v > np.fmax.reduce(win[self._nms_before], axis=0, initial=-np.inf)
+        keep &= v >= np.fmax.reduce(win[self._nms_after], axis=0, initial=-np.inf)
+        keep = keep.nonzero()[0]
+        flat = cand.take(keep)
+        part, cr = self._from_flat(m, flat)
+        return part, cr, flat, win.take(keep, 1)
 
-    def _to_pad(self, m: _Maps, part, row, col):
-        sk, sr, sc = m.geo.strides
-        return part * sk + (row + self._r) * sr + (col + self._r) * sc
+    def _window(self, m: _Maps, flat):
+        """(Wn, n) heatmap values of the window around each flat index; -inf beyond the border.
 
-    def _from_pad(self, m: _Maps, pflat):
+        Offsets that leave the map gather some other pixel (clipped at the array's ends), which
+        the pixel's border class then overwrites with -inf.
+        """
+        g = m.geo
+        win = m.flat.take(g.window[:, None] + flat, mode="clip")
+        code = g.code[flat]
+        if code.any():  # some pixels touch the border
+            np.copyto(win, -np.inf, where=g.invalid[code].T)
+        return win
+
+    def _to_flat(self, m: _Maps, part, row, col):
         sk, sr, sc = m.geo.strides
+        return part * sk + row * sr + col * sc
+
+    def _from_flat(self, m: _Maps, flat):
+        """Part (P,) and (2, P) (col, row) of flat heatmap indices."""
+        sk, sr, sc = m.geo.strides
+        cr = np.empty((2, flat.size), np.intp)
         if m.chw:
-            part, rem = np.divmod(pflat, sk)
-            row, col = np.divmod(rem, sr)
+            part, rem = np.divmod(flat, sk)
+            np.divmod(rem, sr, out=(cr[1], cr[0]))
         else:
-            row, rem = np.divmod(pflat, sr)
-            col, part = np.divmod(rem, sc)
-        return part, row - self._r, col - self._r
+            row, rem = np.divmod(flat, sr, out=(cr[1], None))
+            col, part = np.divmod(rem, sc, out=(cr[0], None))
+        return part, cr
 
     def _dense_nms(self, m: _Maps):
         """Whole-map NMS with the plateau tie-break, for maps with too many candidates."""
         h, w, r = m.h, m.w, self._r
-        p = m.pad.reshape(m.geo.pad_shape)
+        heat = m.flat.reshape(m.heat.shape)
         if not m.chw:
-            p = p.transpose(2, 0, 1)  # view (K, H+2r, W+2r)
-        p = np.where(np.isnan(p), -np.inf, p)  # NaN neighbours do not suppress
+            heat = heat.transpose(2, 0, 1)  # view (K, H, W)
+        p = np.full((self._k, h + 2 * r, w + 2 * r), -np.inf, heat.dtype)
+        p[:, r : r + h, r : r + w] = heat
+        p[np.isnan(p)] = -np.inf  # NaN neighbours do not suppress
         here = p[:, r : r + h, r : r + w]
         peak = here > self.threshold_heatmap
         for (dr, dc), before in zip(self._offs.tolist(), self._before.tolist(), strict=True):
@@ -502,18 +554,17 @@ class OpenPoseDecoder:
             peak &= (here > there) if before else (here >= there)
         part, row, col = np.nonzero(peak)  # in part order
         m.sorted = True
-        return part, row, col, self._to_pad(m, part, row, col)
+        return part, row, col, self._to_flat(m, part, row, col)
 
-    def _refine(self, m: _Maps, pflat):
-        """(2, P) sub-pixel offsets (du, dv) in [-0.5, 0.5] from the heatmap around each peak."""
-        g = m.geo
+    def _refine(self, win):
+        """(2, P) sub-pixel offsets (du, dv) in [-0.5, 0.5] from the (Wn, P) peak windows."""
         if self.refine_method == "centroid":
-            vals = m.pad[g.window[:, None] + pflat]  # (9, P)
+            vals = win.take(self._win3_rows, 0)  # (9, P) the 3x3 window in raster order
             wts = np.where(vals > 0, np.minimum(vals, 1e30), 0.0)  # border, NaN, < 0: none
-            out = (g.window_rc[:, ::-1].T @ wts) / np.maximum(wts.sum(0), _TINY)
+            out = (self._win3_rc[:, ::-1].T @ wts) / np.maximum(wts.sum(0), _TINY)
             return np.minimum(np.maximum(out, -0.5), 0.5)
         # parabola through the log values of the 3x3 cross: exact for a Gaussian peak
-        vals = m.pad[g.cross[:, None] + pflat]  # (5, P): centre, left, up, right, down
+        vals = win.take(self._cross_rows, 0)  # (5, P): centre, left, up, right, down
         lv = np.log(np.maximum(vals, _TINY))
         minus, plus = lv[1:3], lv[3:5]  # (2, P): (left, up), (right, down)
         curv = minus + plus - 2 * lv[0]
@@ -535,8 +586,9 @@ class OpenPoseDecoder:
         g = m.geo
         if self._edge_of is not None and part.size <= _PAIR_TABLE:
             # every (peak, peak) pair whose parts an edge joins, from a K x K table: a few
-            # calls on P^2 elements instead of an enumeration per edge
-            table = self._edge_of[part[:, None], part]  # (P, P) edge index or -1
+            # calls on P^2 elements instead of an enumeration per edge (take: cheaper than
+            # fancy indexing on small arrays)
+            table = self._edge_of.take(part, 0).take(part, 1)  # (P, P) edge index or -1
             ia, ib = (table >= 0).nonzero()
             eid = table[ia, ib]
         else:
@@ -555,8 +607,9 @@ class OpenPoseDecoder:
         # positions clipped to the map (refined ones reach half a pixel past it), so that every
         # sample, a convex combination of two ends, rounds to a pixel inside; float32 (half the
         # memory traffic on noise maps) while it holds every flat offset exactly
+        # (casting first is the same: the bounds are exact in both types)
         ft = np.float32 if m.paf.size < 1 << 24 else np.float64
-        p = np.minimum(np.maximum(pos, 0), g.bounds).astype(ft)
+        p = np.minimum(np.maximum(pos if pos.dtype == ft else pos.astype(ft), 0), g.bounds[ft])
         if eid.size <= _CHUNK:
             score, count, length = self._sample(m, p, eid, ia, ib)
         else:  # noise maps: blocks that stay in cache
@@ -571,49 +624,50 @@ class OpenPoseDecoder:
     def _sample(self, m: _Maps, p, eid, ia, ib):
         """Score, count of samples above threshold_edge_score, and length of candidates."""
         g = m.geo
-        pa = p[:, ia]  # (2, T)
-        d = p[:, ib] - pa
+        pa = p.take(ia, 1)  # (2, T)
+        d = p.take(ib, 1)
+        d -= pa
         length = np.hypot(d[0], d[1])
         unit = d / np.maximum(length, _TINY)
         pts = d[:, None, :] * self._ts[p.dtype.char]  # (2, S, T) samples
         pts += pa[:, None, :]
-        short = (length < 1.0).nonzero()[0]
-        if short.size:  # the window around the midpoint, cycled to S samples
-            mid = np.rint(pa[:, short] + d[:, short] * 0.5)
+        short = None
+        if np.minimum.reduce(length) < 1.0:  # the window around the midpoint, cycled to S
+            short = length < 1.0  # samples (computed for all T: fewer calls than a scatter)
+            mid = np.rint(pa + d * 0.5)
             win = np.maximum(mid[:, None, :] + self._win_s[:, :, None], 0)
-            pts[:, :, short] = np.minimum(win, g.bounds[:, :, None])
+            np.copyto(pts, np.minimum(win, g.bounds[np.float64][:, :, None]), where=short)
         np.rint(pts, out=pts)
-        pr, pc = g.paf_strides[1], g.paf_strides[2]
-        off = pts[1] * pr
-        off += pts[0] if pc == 1 else pts[0] * pc
-        off = off.astype(np.intp)  # (S, T) flat sample pixels
-        chan = g.chan[:, eid]  # (2, T) PAF x and y channel offsets
-        if eid.size * len(self._t) <= 2048:  # small: one gather of both components
-            v = m.paf.take(chan[:, None, :] + off)  # (2, S, T)
-            dot = v[0] * unit[0] + v[1] * unit[1]  # (S, T) PAF . unit edge vector
+        # (S, T) flat sample pixels: row * row stride + col * col stride, exact in float
+        off = (g.paf_rc[p.dtype.char] @ pts.reshape(2, -1)).astype(np.intp)
+        chan = g.chan.take(eid, 1)  # (2, T) PAF x and y channel offsets
+        s_, t_ = pts.shape[1], pts.shape[2]
+        if eid.size * s_ <= 2048:  # small: one gather of both components
+            v = m.paf.take(chan[:, None, :] + off.reshape(s_, t_))  # (2, S, T)
+            dot = np.add.reduce(v * unit[:, None, :], 0)  # (S, T) PAF . unit edge vector
         else:  # large: in place, one component at a time
+            off = off.reshape(s_, t_)
             dot = m.paf.take(chan[0] + off)
             dot *= unit[0]
             vy = m.paf.take(chan[1] + off)
             vy *= unit[1]
             dot += vy
-        if short.size:
-            dot[:, short] = dot[:, short].max(0)
-        score = dot.sum(0) / len(self._t)
-        if not math.isfinite(score.sum()):  # NaN/inf in the PAF: no evidence there
+        if short is not None:
+            dot = np.where(short, np.maximum.reduce(dot, 0), dot)
+        score = np.add.reduce(dot, 0) / s_
+        if not math.isfinite(np.add.reduce(score)):  # NaN/inf in the PAF: no evidence there
             dot = np.where(np.isnan(dot), 0.0, np.clip(dot, -1.0, 1.0))
-            score = dot.sum(0) / len(self._t)
-        count = (dot > self.threshold_edge_score).sum(0)
+            score = dot.sum(0) / s_
+        count = np.add.reduce(dot > self.threshold_edge_score, 0)
         return score, count, length
 
-    def _objects(self, part, score, pos, pflat, geo, obj, acc_a, acc_score, h, w, scale):
+    def _objects(self, part, score, pos, pflat, geo, obj, nobj, acc_a, acc_score, h, w, scale):
         """Steps 6-7 and 9: objects from the matching, merged, filtered, scaled."""
         n = part.size
-        nobj = int(obj.max()) + 1
         peak_of = np.full((nobj, self._k), -1, np.intp)  # (O, K) peak index per part
         peak_of[obj, part] = np.arange(n)
         part_sum = np.bincount(obj, weights=score, minlength=nobj)
-        edge_sum = np.bincount(obj[acc_a], weights=acc_score, minlength=nobj)
+        edge_sum = np.bincount(obj.take(acc_a), weights=acc_score, minlength=nobj)
         if nobj > 1 and self.threshold_split_score > 0 and self._near_peaks(pflat, geo):
             peak_of, part_sum, edge_sum = self._merge_split(
                 peak_of, part_sum, edge_sum, score, pos, part, obj
@@ -626,20 +680,20 @@ class OpenPoseDecoder:
         if keep.size == 0:
             return []
         if keep.size > 1:
-            keep = keep[np.argsort(-oscore[keep], kind="stable")]
+            keep = keep.take(np.argsort(-oscore.take(keep), kind="stable"))
         rows, cols = scale
-        # one (x, y, score) row per peak and a last row for missing parts (peak index -1)
+        # one (x, y, score) row per peak and a last row for missing parts (peak index -1);
+        # the scale in pos's own type, as a Python float scalar would be
         table = np.empty((n + 1, 3))
-        table[:n, 0] = (pos[0] + 0.5) * (cols / w)
-        table[:n, 1] = (pos[1] + 0.5) * (rows / h)
+        table[:n, :2] = ((pos + 0.5) * np.array([[cols / w], [rows / h]], pos.dtype)).T
         table[:n, 2] = score
         table[n] = (np.nan, np.nan, 0.0)
-        pk = peak_of[keep]  # (O', K)
-        kp = table[pk]  # (O', K, 3)
+        pk = peak_of.take(keep, 0)  # (O', K)
+        kp = table.take(pk, 0)  # (O', K, 3)
         return [
-            Skeleton(kp[i], float(s), int(c), pk[i])
-            for i, (s, c) in enumerate(
-                zip(oscore[keep].tolist(), nparts[keep].tolist(), strict=True)
+            Skeleton(k, s, c, i)
+            for k, s, c, i in zip(
+                kp, oscore.take(keep).tolist(), nparts.take(keep).tolist(), pk, strict=True
             )
         ]
 
@@ -647,9 +701,9 @@ class OpenPoseDecoder:
         """Cheap necessary test for step 6: do two peaks of one part sit within
         threshold_split_score + 1 pixels (refinement moves each by at most half a pixel)?
 
-        Peak pixels are marked in a per-thread boolean image of the bordered heatmap and looked
-        up at the offsets of that disc; offsets that wrap into another row or part only cause a
-        needless exact check.
+        Peak pixels are marked in a per-thread boolean image of the heatmap and looked up at the
+        offsets of that disc; offsets that wrap into another row or part only cause a needless
+        exact check.
         """
         lim = self.threshold_split_score + 1.0
         offs = geo.near.get(lim)
@@ -669,7 +723,7 @@ class OpenPoseDecoder:
         key = "marks_" + geo.key
         marks = self._buffers.__dict__.get(key)
         if marks is None:  # margin: the largest offset past the end
-            size = int(np.prod(geo.pad_shape)) + int(offs.max()) + 1
+            size = geo.size + int(offs.max()) + 1
             marks = self._buffers.__dict__[key] = np.zeros(size, bool)
         marks[pflat] = True
         hit = marks[offs[:, None] + pflat].any()
@@ -736,16 +790,16 @@ class OpenPoseDecoder:
 class _Geometry:
     """Constants of one map shape and layout."""
 
-    key: str  # name of the thread's bordered heatmap buffer
-    pad_shape: tuple[int, int, int]  # bordered heatmap shape, input layout
-    strides: tuple[int, int, int]  # (part, row, col) element strides of the bordered heatmap
+    key: str  # names the thread's split-merge marks buffer
+    size: int  # heatmap elements
+    strides: tuple[int, int, int]  # (part, row, col) element strides of the heatmap
     paf_strides: tuple[int, int, int]  # (channel, row, col) element strides of the PAF
-    nms: np.ndarray  # flat offsets: the pixel, then its NMS window neighbours in raster order
-    cross: np.ndarray  # flat offsets of the pixel and its 4 neighbours (refinement)
-    window: np.ndarray  # flat offsets of the 3x3 window, and (drow, dcol) in window_rc
-    window_rc: np.ndarray
+    window: np.ndarray  # (Wn,) flat offsets of the gathered window (rows as decoder._win_rc)
+    code: np.ndarray  # (size,) border class of every heatmap element (0: inside)
+    invalid: np.ndarray  # (classes, Wn) window offsets beyond the border, per class
     chan: np.ndarray  # (2, E) flat offsets of each edge's PAF x and y channels
-    bounds: np.ndarray  # (2, 1) largest map coordinates (u, v)
+    paf_rc: dict  # (2,) PAF (col, row) element strides by dtype char, for (2,) @ (2, n)
+    bounds: dict  # (2, 1) largest map coordinates (u, v), by float type
     near: dict = field(default_factory=dict)  # split-merge pre-test offsets by radius
 
 
@@ -753,7 +807,7 @@ class _Geometry:
 class _Maps:
     """One image's maps, prepared."""
 
-    pad: np.ndarray  # flat heatmap inside its -inf border, input layout
+    flat: np.ndarray  # flat heatmap, input layout (float32 or float64)
     heat: np.ndarray  # the heatmap as given, 3-D
     maxpool: np.ndarray | None  # maxpool_heatmap as given, or None
     paf: np.ndarray  # flat PAF, input layout
@@ -793,7 +847,8 @@ def _refine_border(vals, lv, curv):
         both, (plus - minus) / 2, np.where(inside[2:], plus - c0 - c / 2, c0 - minus + c / 2)
     )
     one = inside[:2] | inside[2:]
-    return np.where((c < 0) & one, -slope / c, 0.0)
+    out = np.where((c < 0) & one, -slope / c, 0.0)
+    return np.where(np.isnan(out), 0.0, out)  # an infinite peak: inf / inf, no offset
 
 
 def _cap_index(part: np.ndarray, score: np.ndarray, cap: int) -> np.ndarray:
@@ -848,7 +903,7 @@ def _greedy_union(cand_e: list[int], cand_a: list[int], cand_b: list[int], part:
     An edge is taken unless one of its peaks already has an edge of its type (one-to-one per
     edge type, as ``_one_to_one``); a taken edge joins the objects of its two peaks unless they
     would then hold two peaks of one part. Returns each peak's object index (0..O-1, in
-    order of first appearance) and the positions of the accepted edges.
+    order of first appearance), the number of objects O and the positions of the accepted edges.
     """
     n = len(part)
     parent = list(range(n))
@@ -861,10 +916,10 @@ def _greedy_union(cand_e: list[int], cand_a: list[int], cand_b: list[int], part:
             continue
         used.add(ka)
         used.add(kb)
-        ra = a
+        ra = parent[a]
         while parent[ra] != ra:
             ra = parent[ra]
-        rb = b
+        rb = parent[b]
         while parent[rb] != rb:
             rb = parent[rb]
         parent[a], parent[b] = ra, rb  # shorten later walks
@@ -873,10 +928,16 @@ def _greedy_union(cand_e: list[int], cand_a: list[int], cand_b: list[int], part:
         parent[rb] = ra
         mask[ra] |= mask[rb]
         accepted.append(i)
-    obj, label = [], {}
-    for i in range(n):  # object index 0..O-1 of every peak, from its root
-        r = parent[i]
-        while parent[r] != r:
-            r = parent[r]
-        obj.append(label.setdefault(r, len(label)))
-    return np.asarray(obj, dtype=np.intp), np.asarray(accepted, dtype=np.intp)
+    label = {}
+    obj = [label.setdefault(r, len(label)) for r in _roots(parent)]
+    return np.array(obj, dtype=np.intp), len(label), accepted
+
+
+def _roots(parent: list[int]) -> list[int]:
+    """Root of every node of a union-find forest (compressing the paths in place)."""
+    for i, r in enumerate(parent):
+        if parent[r] != r:
+            while parent[r] != r:
+                r = parent[r]
+            parent[i] = r
+    return parent

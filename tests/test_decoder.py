@@ -144,6 +144,51 @@ def test_parts_at_the_border(corner):
     assert np.abs(skeletons[0].keypoints[0, :2] - (x, y)).max() < 0.02
 
 
+@pytest.mark.parametrize("corner", ["left", "top", "right", "bottom"])
+def test_infinite_peak_at_the_border_counts_as_certain(corner):
+    # +inf on the outermost pixel: the border refinement's inf / inf must give no offset (it
+    # gave NaN, which crashed the edge sampling), and the peak counts with confidence 1
+    truth = np.array([[[20.0, 60.0, 2], [60.0, 60.0, 2]]])
+    heat, paf = maps(truth, ARM, (40, 40))
+    r, c = {"left": (15, 0), "top": (0, 15), "right": (15, 39), "bottom": (39, 15)}[corner]
+    heat[0, r, c] = np.inf
+    for mp in (None, _maxpool(heat[None], 3)[0]):
+        skeletons = OpenPoseDecoder(ARM)(heat, paf, mp)
+        lone = [s for s in skeletons if s.keypoints[0, 2] == 1.0]
+        assert len(lone) == 1
+        assert np.abs(lone[0].keypoints[0, :2] - (c + 0.5, r + 0.5)).max() < 1e-6
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (1, 7), (6, 1), (2, 3), (5, 9)])
+@pytest.mark.parametrize("kernel", [1, 3, 5])
+def test_nms_on_tiny_maps_matches_a_padded_maxpool(hw, kernel):
+    # the own NMS reads the map in place, marking window offsets beyond the border per pixel
+    # class: on maps smaller than the window its peaks are still those of a -inf padded
+    # max-pool (first pixel of a plateau), in both layouts
+    rng = np.random.default_rng(hw[0] * 10 + hw[1])
+    heat = np.round(rng.uniform(0, 1, (2, *hw)), 1).astype(np.float32)  # ties included
+    paf = np.zeros((2, *hw), np.float32)
+    pooled = _maxpool(heat[None], kernel)[0]
+    dec = OpenPoseDecoder(ARM, maxpool_kernel=kernel, threshold_heatmap=0.05)
+    own = dec.trace(heat, paf)
+    given = dec.trace(heat, paf, pooled)
+    hwc = dec.trace(heat.transpose(1, 2, 0), paf.transpose(1, 2, 0), layout="hwc")
+    for t in (given, hwc):
+        for f in ("peak_part", "peak_row", "peak_col", "peak_score", "peak_xy"):
+            np.testing.assert_array_equal(getattr(t, f), getattr(own, f))
+    peaks = set(
+        zip(own.peak_part.tolist(), own.peak_row.tolist(), own.peak_col.tolist(), strict=True)
+    )
+    # every pooled maximum above threshold is a peak unless an equal pixel comes before it
+    for k, i, j in zip(*np.nonzero((heat > 0.05) & (heat == pooled)), strict=True):
+        r = kernel // 2
+        lo_i, lo_j = max(i - r, 0), max(j - r, 0)
+        win = heat[k, lo_i : i + r + 1, lo_j : j + r + 1]
+        here = (i - lo_i) * win.shape[1] + (j - lo_j)
+        first = int(np.argmax(win.reshape(-1) == heat[k, i, j]))
+        assert ((int(k), int(i), int(j)) in peaks) == (first == here)
+
+
 def test_custom_two_part_topology_in_hwc_layout():
     truth = np.array([[[40.0, 100.0, 2], [90.0, 60.0, 2]], [[120.0, 30.0, 2], [140.0, 110.0, 2]]])
     heat, paf = maps(truth, ARM, (30, 40))  # 120 x 160 input
