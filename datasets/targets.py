@@ -231,12 +231,10 @@ def _pafs(uv, present, topology, map_size, cfg) -> np.ndarray:
     reach_m = max(wd, 1.0)
     m0 = np.maximum(np.ceil(np.minimum(a_m, b_m) - reach_m), 0)
     m1 = np.minimum(np.floor(np.maximum(a_m, b_m) + reach_m), size_m - 1)
-    # never empty: a present end lies in [-0.5, size - 0.5] and both reaches are >= 1
+    # never empty (m0 <= m1): a present end lies in [-0.5, size - 0.5] and both reaches are >= 1
     count = (m1 - m0 + 1).astype(np.int64)
     end = np.add.accumulate(count)
     total = int(end[-1])
-    if total == 0:
-        return out.reshape(2 * ne, h, w)
     limb64 = np.empty((20, nl))
     limb64[:_BASE_X] = frame[:_BASE_X]
     np.multiply(channels.take(limb % ne, axis=1), hw, out=limb64[_BASE_X : _BASE_Y + 1])
@@ -256,8 +254,8 @@ def _pafs(uv, present, topology, map_size, cfg) -> np.ndarray:
     along = dm * u_m + dn * u_n
     across = np.abs(dm * u_n - dn * u_m)
     # The last step of each grid writes into a transposed (T, n_minor) buffer, so the covered
-    # pixels come out ordered by row, then minor coordinate: the scatter order of the old
-    # row-major grid, which keeps sums over overlapping limbs bit for bit the same.
+    # pixels come out ordered by candidate row (limb, then major coordinate), then minor
+    # coordinate, without a copy: limbs overlapping a pixel are summed in object order.
     inside = np.empty((total, n_minor), bool)
     np.logical_and(
         ((along >= 0) & (along <= rows[_LENGTH64]) & (across <= wd))

@@ -156,6 +156,36 @@ def test_paf_short_limb_still_marks_the_pixel_nearest_its_midpoint():
     assert np.allclose(paf_t[0].numpy(), paf)
 
 
+def test_paf_three_overlapping_limbs_average():
+    # three limbs of one edge through pixel (10, 10): +x, +y and the diagonal (+x +y) / sqrt(2)
+    kp = np.array(
+        [
+            [at_map(18, 10), at_map(2, 10)],
+            [at_map(10, 18), at_map(10, 2)],
+            [at_map(16, 16), at_map(4, 4)],
+        ],
+        np.float32,
+    )
+    paf = render_pafs(kp, ARM, (20, 20), CFG)
+    s = np.sqrt(0.5)
+    assert paf[0, 10, 10] == pytest.approx((1 + s) / 3) and paf[1, 10, 10] == pytest.approx(
+        (1 + s) / 3
+    )
+    # pixels covered by one limb only keep that limb's unit vector
+    assert paf[0, 10, 3] == pytest.approx(1.0) and paf[1, 10, 3] == 0.0
+    assert paf[0, 3, 10] == 0.0 and paf[1, 3, 10] == pytest.approx(1.0)
+
+
+def test_paf_zero_length_limb_next_to_real_ones():
+    # a zero-length limb (object 1) is skipped without disturbing the other objects' limbs
+    real = np.array([[at_map(18, 10), at_map(2, 10)], [at_map(10, 2), at_map(10, 18)]], np.float32)
+    dot = np.array([[at_map(5, 5), at_map(5, 5)]], np.float32)
+    both = render_pafs(np.concatenate([real[:1], dot, real[1:]]), ARM, (20, 20), CFG)
+    alone = render_pafs(real, ARM, (20, 20), CFG)
+    assert np.array_equal(both, alone)
+    assert alone[0, 10, 3] == pytest.approx(1.0) and alone[1, 3, 10] == pytest.approx(-1.0)
+
+
 def test_paf_width():
     kp = np.array([[at_map(18, 10), at_map(2, 10)]], np.float32)
     wide = render_pafs(kp, ARM, (20, 20), TargetConfig(paf_width=2.0))
@@ -176,6 +206,31 @@ def test_batched_torch_equals_per_sample_numpy(hw):
         assert np.abs(heat_b[i].numpy() - heat).max() < 1e-5
         assert np.abs(paf_b[i].numpy() - paf).max() < 1e-5
     assert heat_b.abs().sum() > 0 and paf_b.abs().sum() > 0
+
+
+def test_batched_torch_equals_per_sample_numpy_permuted_channels_and_edge_cases():
+    # PAF channels in a scrambled order, a non-square map, limbs in every direction, keypoints
+    # on the map border, zero-length limbs and several objects sharing limbs
+    topo = Topology(
+        labels=("a", "b", "c", "d"),
+        edges=((0, 1), (1, 2), (3, 1), (2, 0)),
+        edges_paf=((5, 2), (0, 7), (3, 1), (6, 4)),
+    )
+    hw = (17, 23)
+    rng = np.random.default_rng(3)
+    samples = [random_people(rng, n, 4, hw) for n in (1, 4, 7)]
+    samples[1][0, 3] = samples[1][0, 1]  # zero-length limb d -> b
+    samples[2][:, :, 2] = 2  # every keypoint labelled: crowded, overlapping limbs
+    samples[2][0, 0, :2] = [0.0, 0.0]  # on the top-left image corner
+    samples[2][1, 2, :2] = [hw[1] * 4 - 1e-3, hw[0] * 4 - 1e-3]  # just inside the bottom right
+    heat_b, paf_b = render_targets_torch(pad_keypoints(samples, 4), topo, hw, CFG)
+    for i, s in enumerate(samples):
+        heat, paf = render_targets(s, topo, hw, CFG)
+        assert np.abs(heat_b[i].numpy() - heat).max() < 1e-5
+        assert np.abs(paf_b[i].numpy() - paf).max() < 1e-5
+        assert np.array_equal(paf, render_pafs(s, topo, hw, CFG))
+        assert np.array_equal(heat, render_heatmaps(s, 4, hw, CFG))
+    assert np.count_nonzero(paf_b[2]) > 100
 
 
 def _devices() -> list[str]:
