@@ -9,14 +9,21 @@ reaches the target, or the time budget runs out. Prints steps, minutes and AP as
 The images are fitted to the input without augmentation (evaluation geometry), decoded into
 memory once, and trained in mini-batches. The AP that perfect maps would reach on the same
 images (the oracle: their own targets decoded) is printed first as the ceiling of this setup:
-for the first 16 images it is 0.76 at 224x224 input (below the 0.8 target: their small people
-blur together on 56x56 maps) and 0.82 at 256x256, hence the default size.
+for the first 16 images it is about 0.76 at 224x224 input (below the 0.8 target: their small
+people blur together on 56x56 maps) and 0.84 at 256x256, hence the default size.
+
+Recipe (each part measured on this CPU): bf16 autocast (about 2x faster steps on a CPU with
+AVX512-BF16; ``--amp off`` for fp32), ``loss.foreground_weight`` 50 (with trt_pose's plain MSE a
+network from scratch sits on the predict-zero plateau: after 130 steps its heatmaps were 0.00 at
+the keypoints and AP 0; weighted, they reached 0.9 and AP 0.36 in 190 steps), Adam with a cosine
+decay over the time budget.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -64,6 +71,14 @@ def main() -> None:
     ap.add_argument("--target-ap", type=float, default=0.8)
     ap.add_argument("--eval-every", type=int, default=20, help="optimizer steps between AP checks")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--fg-weight", type=float, default=50.0, help="loss.foreground_weight")
+    ap.add_argument(
+        "--schedule",
+        choices=["cosine", "constant"],
+        default="cosine",
+        help="lr over the time budget: cosine decays to 2%% of --lr at --minutes",
+    )
+    ap.add_argument("--amp", choices=["off", "bf16"], default="bf16", help="CPU autocast dtype")
     ap.add_argument("--save", type=Path, default=None, help="write the final checkpoint here")
     args = ap.parse_args()
     if args.threads:
@@ -114,11 +129,16 @@ def main() -> None:
         order = torch.randperm(n, generator=gen)
         for start in range(0, n - args.batch + 1, args.batch):
             idx = order[start : start + args.batch]
-            heat, paf = model(data["image"][idx])  # (B, K, h, w), (B, 2E, h, w)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.amp == "bf16"):
+                heat, paf = model(data["image"][idx])  # (B, K, h, w), (B, 2E, h, w)
             mask = data["mask"][idx]
-            loss = masked_mse(heat, data["heatmap"][idx], mask, "heatmap") + masked_mse(
-                paf, data["paf"][idx], mask, "paf"
-            )
+            loss = masked_mse(
+                heat, data["heatmap"][idx], mask, "heatmap", args.fg_weight
+            ) + masked_mse(paf, data["paf"][idx], mask, "paf", args.fg_weight)
+            if args.schedule == "cosine":
+                frac = min(1.0, (time.perf_counter() - t0) / 60 / args.minutes)
+                for g in opt.param_groups:
+                    g["lr"] = args.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -130,15 +150,17 @@ def main() -> None:
             model.eval()
             with torch.no_grad():
                 outs = [model(data["image"][i : i + args.batch]) for i in range(0, n, args.batch)]
-            heat = torch.cat([o[0] for o in outs]).numpy()
-            paf = torch.cat([o[1] for o in outs]).numpy()
+            heat = torch.cat([o[0] for o in outs]).float().numpy()
+            paf = torch.cat([o[1] for o in outs]).float().numpy()
+            on_peak = heat[data["heatmap"].numpy() > 0.99]
             ap_now = coco_ap(heat, paf, data, decoder, topo, cat, gt, input_hw)
             best = max(best, ap_now)
             history.append(
                 {"step": step, "minutes": round(minutes, 2), "loss": last_loss, "ap": ap_now}
             )
             print(
-                f"step {step:5d}  {minutes:6.1f} min  loss {last_loss:.5f}  AP {ap_now:.3f}",
+                f"step {step:5d}  {minutes:6.1f} min  loss {last_loss:.5f}  AP {ap_now:.3f}  "
+                f"heatmap at keypoints: median {np.median(on_peak):.2f}",
                 flush=True,
             )
             if ap_now >= args.target_ap or out_of_time:

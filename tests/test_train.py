@@ -56,6 +56,21 @@ def test_masked_mse_weights_and_shape_errors():
         masked_mse(pred, torch.ones(2, 3, 8, 8), mask, "paf")
 
 
+def test_masked_mse_foreground_weight():
+    """Pixels count 1 + w*|target| times: signed PAF targets weigh by magnitude, masks still apply."""
+    pred = torch.zeros(1, 2, 1, 2)
+    target = torch.tensor([[[[0.0, 1.0]], [[-0.5, 0.0]]]])  # errors^2: 0, 1, 0.25, 0
+    mask = torch.ones(1, 1, 2)
+    plain = masked_mse(pred, target, mask, "paf")
+    assert plain.item() == pytest.approx((1 + 0.25) / 4)
+    weighted = masked_mse(pred, target, mask, "paf", foreground_weight=10.0)
+    assert weighted.item() == pytest.approx((11 * 1 + 6 * 0.25) / 4)
+    mask[0, 0, 1] = 0  # the ignored column removes the target-1 pixel's term entirely
+    assert masked_mse(pred, target, mask, "paf", 10.0).item() == pytest.approx(6 * 0.25 / 4)
+    # at the target the weighted loss is zero: the optimum is unchanged
+    assert masked_mse(target, target, mask, "paf", 10.0).item() == 0.0
+
+
 def test_amp_resolution():
     cpu = torch.device("cpu")
     assert resolve_amp("auto", cpu) is None and resolve_amp("off", cpu) is None
