@@ -53,8 +53,10 @@ Input maps are (K, H, W) / (2E, H, W) (``layout="chw"``) or (H, W, K) / (H, W, 2
 leading dimension. NaN never makes a peak or counts as edge evidence; +inf peaks count as
 confidence 1 and infinite PAF values as +-1.
 
-Speed: numpy calls on whole arrays, none per pixel or per candidate pair; the only Python loop
-runs over the accepted edge candidates (matching) and the peaks (object labels). The maps are read
+Speed: numpy calls on whole arrays, none per pixel or per candidate pair; the only Python loops
+run over the accepted edge candidates (matching, with per-peak bitmasks of the edge types taken)
+and the peaks (object labels and sums: on real maps a few dozen items, where each numpy call's
+~1 us overhead would cost more than the loop). The maps are read
 in place (no padded copy): candidates gather their window at fixed flat offsets, and a per-shape
 border class per pixel marks the offsets beyond the border as -inf. A decoder keeps per-shape
 constants and a per-thread scratch buffer between calls; one instance may be shared by threads.
@@ -361,30 +363,19 @@ class OpenPoseDecoder:
         # and objects joined edge by edge unless a part would repeat
         okidx = cok.nonzero()[0]
         if okidx.size > 1:
-            okidx = okidx.take(np.argsort(-cscore.take(okidx), kind="stable"))
+            okidx = okidx.take((-cscore.take(okidx)).argsort(kind="stable"))
             if okidx.size > _VECTOR_MATCH:  # noise maps: the one-to-one rounds as whole arrays
                 key = ce[okidx] * part.size
                 okidx = okidx[_one_to_one(key + ca[okidx], key + cb[okidx], self._e * part.size)]
-        obj, nobj, accepted = _greedy_union(
-            ce.take(okidx).tolist(), ca.take(okidx).tolist(), cb.take(okidx).tolist(), part.tolist()
-        )
-        accepted = okidx.take(accepted)
+        order = okidx.tolist()
+        part_l = part.tolist()
+        roots, accepted = _greedy_union(order, ce.tolist(), ca.tolist(), cb.tolist(), part_l)
 
         # ---- steps 6-7, 9: objects, merge split graphs, filters, output scaling
         skeletons = self._objects(
-            part,
-            score,
-            pos,
-            pflat,
-            m.geo,
-            obj,
-            nobj,
-            ca.take(accepted),
-            cscore.take(accepted),
-            m.h,
-            m.w,
-            scale,
+            part_l, score, pos, pflat, m.geo, roots, accepted, ca, cscore, m.h, m.w, scale
         )
+        accepted = np.array(accepted, np.intp)
         return DecodeTrace(
             part, row, col, score, pos.T, ce, ca, cb, cscore, ccount, cok, accepted, skeletons
         )
@@ -661,41 +652,66 @@ class OpenPoseDecoder:
         count = np.add.reduce(dot > self.threshold_edge_score, 0)
         return score, count, length
 
-    def _objects(self, part, score, pos, pflat, geo, obj, nobj, acc_a, acc_score, h, w, scale):
-        """Steps 6-7 and 9: objects from the matching, merged, filtered, scaled."""
-        n = part.size
-        peak_of = np.full((nobj, self._k), -1, np.intp)  # (O, K) peak index per part
-        peak_of[obj, part] = np.arange(n)
-        part_sum = np.bincount(obj, weights=score, minlength=nobj)
-        edge_sum = np.bincount(obj.take(acc_a), weights=acc_score, minlength=nobj)
+    def _objects(self, part, score, pos, pflat, geo, roots, accepted, ca, cscore, h, w, scale):
+        """Steps 6-7 and 9: objects from the matching, merged, filtered, scaled.
+
+        ``part``: (P,) list of each peak's part; ``roots``: each peak's union-find root;
+        ``accepted``: candidate indices of the accepted edges, in matching order. Objects are
+        numbered by first appearance over the peaks. The bookkeeping runs on Python lists (a few
+        peaks per image: cheaper than numpy calls), with the same float64 sums in the same order
+        as ``np.bincount`` would form them; merging split objects works on arrays.
+        """
+        n = len(part)
+        label: dict[int, int] = {}
+        obj = [label.setdefault(r, len(label)) for r in roots]
+        nobj = len(label)
+        k = self._k
+        score_l = score.tolist()
+        peak_of = [[-1] * k for _ in range(nobj)]  # (O, K) peak index per part
+        part_sum = [0.0] * nobj
+        nparts = [0] * nobj
+        for i in range(n):
+            o = obj[i]
+            peak_of[o][part[i]] = i
+            part_sum[o] += score_l[i]
+            nparts[o] += 1
+        edge_sum = [0.0] * nobj
+        if accepted:
+            ca_l, cs_l = ca.tolist(), cscore.tolist()
+            for j in accepted:
+                edge_sum[obj[ca_l[j]]] += cs_l[j]
         if nobj > 1 and self.threshold_split_score > 0 and self._near_peaks(pflat, geo):
-            peak_of, part_sum, edge_sum = self._merge_split(
-                peak_of, part_sum, edge_sum, score, pos, part, obj
+            obj_a = np.array(obj, np.intp)
+            po, ps, es = self._merge_split(
+                np.array(peak_of, np.intp),
+                np.array(part_sum),
+                np.array(edge_sum),
+                score,
+                pos,
+                np.array(part, np.intp),
+                obj_a,
             )
-        nparts = (peak_of >= 0).sum(1) if len(peak_of) != nobj else np.bincount(obj)
-        oscore = (part_sum + edge_sum) * (1.0 / self._norm)
-        keep = (
-            (nparts > self.threshold_part_counter) & (oscore >= self.threshold_object_score)
-        ).nonzero()[0]
-        if keep.size == 0:
+            if len(po) != nobj:
+                peak_of, part_sum, edge_sum = po.tolist(), ps.tolist(), es.tolist()
+                nparts = (po >= 0).sum(1).tolist()
+        norm = 1.0 / self._norm
+        oscore = [(a + b) * norm for a, b in zip(part_sum, edge_sum, strict=True)]
+        tp, ts = self.threshold_part_counter, self.threshold_object_score
+        keep = [o for o in range(len(oscore)) if nparts[o] > tp and oscore[o] >= ts]
+        if not keep:
             return []
-        if keep.size > 1:
-            keep = keep.take(np.argsort(-oscore.take(keep), kind="stable"))
+        if len(keep) > 1:  # stable, by descending score
+            keep.sort(key=lambda o: -oscore[o])
         rows, cols = scale
         # one (x, y, score) row per peak and a last row for missing parts (peak index -1);
         # the scale in pos's own type, as a Python float scalar would be
         table = np.empty((n + 1, 3))
-        table[:n, :2] = ((pos + 0.5) * np.array([[cols / w], [rows / h]], pos.dtype)).T
+        np.multiply(pos + 0.5, np.array([[cols / w], [rows / h]], pos.dtype), out=table[:n, :2].T)
         table[:n, 2] = score
         table[n] = (np.nan, np.nan, 0.0)
-        pk = peak_of.take(keep, 0)  # (O', K)
+        pk = np.array([peak_of[o] for o in keep], np.intp)  # (O', K)
         kp = table.take(pk, 0)  # (O', K, 3)
-        return [
-            Skeleton(k, s, c, i)
-            for k, s, c, i in zip(
-                kp, oscore.take(keep).tolist(), nparts.take(keep).tolist(), pk, strict=True
-            )
-        ]
+        return [Skeleton(kp[i], oscore[o], nparts[o], pk[i]) for i, o in enumerate(keep)]
 
     def _near_peaks(self, pflat, geo: _Geometry) -> bool:
         """Cheap necessary test for step 6: do two peaks of one part sit within
@@ -897,25 +913,27 @@ def _one_to_one(key_a: np.ndarray, key_b: np.ndarray, num_keys: int) -> np.ndarr
     return np.sort(np.concatenate(chosen)) if chosen else alive
 
 
-def _greedy_union(cand_e: list[int], cand_a: list[int], cand_b: list[int], part: list[int]):
-    """Greedy matching over edges sorted by score.
+def _greedy_union(
+    order: list[int], cand_e: list[int], cand_a: list[int], cand_b: list[int], part: list[int]
+):
+    """Greedy matching over the candidates ``order`` (positions, sorted by descending score).
 
     An edge is taken unless one of its peaks already has an edge of its type (one-to-one per
     edge type, as ``_one_to_one``); a taken edge joins the objects of its two peaks unless they
-    would then hold two peaks of one part. Returns each peak's object index (0..O-1, in
-    order of first appearance), the number of objects O and the positions of the accepted edges.
+    would then hold two peaks of one part. Returns each peak's union-find root and the accepted
+    candidate positions, in matching order.
     """
     n = len(part)
     parent = list(range(n))
-    mask = [1 << p for p in part]
+    mask = [1 << p for p in part]  # parts of each root's object
+    used = [0] * n  # edge types each peak already has, as bits
     accepted = []
-    used = set()
-    for i, (e, a, b) in enumerate(zip(cand_e, cand_a, cand_b, strict=True)):
-        ka, kb = e * n + a, e * n + b
-        if ka in used or kb in used:
+    for i in order:
+        a, b, bit = cand_a[i], cand_b[i], 1 << cand_e[i]
+        if (used[a] | used[b]) & bit:
             continue
-        used.add(ka)
-        used.add(kb)
+        used[a] |= bit
+        used[b] |= bit
         ra = parent[a]
         while parent[ra] != ra:
             ra = parent[ra]
@@ -928,9 +946,7 @@ def _greedy_union(cand_e: list[int], cand_a: list[int], cand_b: list[int], part:
         parent[rb] = ra
         mask[ra] |= mask[rb]
         accepted.append(i)
-    label = {}
-    obj = [label.setdefault(r, len(label)) for r in _roots(parent)]
-    return np.array(obj, dtype=np.intp), len(label), accepted
+    return _roots(parent), accepted
 
 
 def _roots(parent: list[int]) -> list[int]:
