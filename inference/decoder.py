@@ -100,7 +100,14 @@ _VECTOR_MATCH = 256
 _PAIR_TABLE = 256
 # edge candidates are scored in blocks of this many (arrays of S x block stay in cache)
 _CHUNK = 4096
+# up to this many edge candidates, samples are flat rows (see _sample); more (noise maps) are
+# scored in (2, S, T) blocks of _CHUNK; sample index arrays of that many are kept between calls
+_FLAT_SAMPLES = 256
+# pair tables of up to this many peaks are kept between calls
+_PAIRS_CACHED = 64
 _TINY = 1e-12
+# PAF samples below this magnitude give finite scores without floating-point warnings
+_SAFE = 1e30
 
 
 @dataclass
@@ -198,9 +205,16 @@ class OpenPoseDecoder:
         # (S,) sample positions: centres of S equal pieces of the segment. The endpoints are the
         # parts themselves, which the limb field need not cover (the field stops at the joint).
         self._t = (np.arange(self.edge_sampling_steps) + 0.5) / self.edge_sampling_steps
-        self._ts = {
+        self._reps: dict[tuple, tuple] = {}  # per candidate count, see _repeats
+        self._ts = {  # (1, S, 1) sample positions by dtype char, for _sample_blocks
             np.dtype(t).char: self._t.astype(t)[None, :, None] for t in (np.float32, np.float64)
         }
+        self._pairs: dict[int, np.ndarray] = {}  # per peak count, see _pair_rows
+        # a candidate of zero length has no unit vector (all dot products 0 or NaN, made 0), so
+        # no sample above a threshold >= 0: then the sample counter alone decides
+        self._count_needs_length = not (
+            self.threshold_edge_score >= 0 and self.threshold_edge_sampling_counter >= 0
+        )
         r = self.maxpool_kernel // 2
         offs = [
             (dr, dc) for dr in range(-r, r + 1) for dc in range(-r, r + 1) if (dr, dc) != (0, 0)
@@ -320,9 +334,11 @@ class OpenPoseDecoder:
     ) -> DecodeTrace:
         """Decode one image and keep every intermediate step (see ``DecodeTrace``)."""
         # NaN and inf inputs are handled explicitly where they matter (never a peak, no edge
-        # evidence, sanitised scores); numpy's warnings about them are noise here
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            return self._trace(heatmap, paf, maxpool_heatmap, layout, output_scale)
+        # evidence, sanitised scores); numpy's floating-point warnings about them are noise. The
+        # few steps that can raise them (refinement of infinite or border peaks, scoring on
+        # non-finite or huge PAF values) run under np.errstate only when that can happen: a
+        # context switch per call costs ~5 us of numpy time on every later call of the decode
+        return self._trace(heatmap, paf, maxpool_heatmap, layout, output_scale)
 
     def _trace(self, heatmap, paf, maxpool_heatmap, layout, output_scale) -> DecodeTrace:
         m = self._prepare(heatmap, paf, maxpool_heatmap, layout)
@@ -367,15 +383,23 @@ class OpenPoseDecoder:
             if okidx.size > _VECTOR_MATCH:  # noise maps: the one-to-one rounds as whole arrays
                 key = ce[okidx] * part.size
                 okidx = okidx[_one_to_one(key + ca[okidx], key + cb[okidx], self._e * part.size)]
-        order = okidx.tolist()
         part_l = part.tolist()
-        roots, accepted = _greedy_union(order, ce.tolist(), ca.tolist(), cb.tolist(), part_l)
+        if ce.size <= _FLAT_SAMPLES:  # few candidates: Python lists of all, visited in order
+            ca_l = ca.tolist()
+            roots, acc = _greedy_union(okidx.tolist(), ce.tolist(), ca_l, cb.tolist(), part_l)
+            cs_l = cscore.tolist()
+            acc_a, acc_s = [ca_l[j] for j in acc], [cs_l[j] for j in acc]
+            accepted = np.array(acc, np.intp)
+        else:  # noise maps: lists of the accepted candidates only, already in order
+            e_l, a_l, b_l = (x.take(okidx).tolist() for x in (ce, ca, cb))
+            roots, acc = _greedy_union(range(len(e_l)), e_l, a_l, b_l, part_l)
+            accepted = okidx.take(acc)
+            acc_a, acc_s = ca.take(accepted).tolist(), cscore.take(accepted).tolist()
 
         # ---- steps 6-7, 9: objects, merge split graphs, filters, output scaling
         skeletons = self._objects(
-            part_l, score, pos, pflat, m.geo, roots, accepted, ca, cscore, m.h, m.w, scale
+            part_l, score, pos, pflat, m.geo, roots, acc_a, acc_s, m.h, m.w, scale
         )
-        accepted = np.array(accepted, np.intp)
         return DecodeTrace(
             part, row, col, score, pos.T, ce, ca, cb, cscore, ccount, cok, accepted, skeletons
         )
@@ -433,6 +457,8 @@ class OpenPoseDecoder:
         else:
             strides, pstrides = (1, w * k, k), (1, w * c, c)
         sr, sc = strides[1], strides[2]
+        sc_, sr_ = pstrides[2], pstrides[1]
+        chan = np.stack([self._pafx, self._pafy])
         # border classes: which window offsets of a pixel fall outside the map. Class 0 is the
         # inside (all valid; an all-valid row is appended so that it exists on tiny maps).
         rows, cols = np.divmod(np.arange(h * w), w)
@@ -452,8 +478,9 @@ class OpenPoseDecoder:
             window=(dr * sr + dc * sc).astype(np.intp),
             code=np.tile(code, k) if chw else np.repeat(code, k),
             invalid=~np.roll(uniq, 1, axis=0),
-            chan=np.stack([self._pafx, self._pafy]) * pstrides[0],  # (2, E) PAF channel bases
-            paf_rc={t: np.array([pstrides[2], pstrides[1]], t) for t in "fd"},
+            chan=chan * pstrides[0],
+            chan_f={t: (chan * pstrides[0]).astype(t) for t in "fd"},
+            pick={t: np.array([[sc_, sr_, 1, 0], [sc_, sr_, 0, 1]], t) for t in "fd"},
             bounds={t: np.array([[w - 1], [h - 1]], t) for t in (np.float32, np.float64)},
         )
         self._geometries[key] = g
@@ -556,14 +583,37 @@ class OpenPoseDecoder:
             return np.minimum(np.maximum(out, -0.5), 0.5)
         # parabola through the log values of the 3x3 cross: exact for a Gaussian peak
         vals = win.take(self._cross_rows, 0)  # (5, P): centre, left, up, right, down
-        lv = np.log(np.maximum(vals, _TINY))
+        lv = np.log(np.maximum(vals, _TINY))  # no warnings: NaN stays NaN, inf gives inf
         minus, plus = lv[1:3], lv[3:5]  # (2, P): (left, up), (right, down)
-        curv = minus + plus - 2 * lv[0]
-        if vals.min() == -np.inf:  # a peak on the map border: one neighbour is missing
-            out = _refine_border(vals, lv, curv)
-        else:
-            out = np.where(curv < 0, (minus - plus) / (2 * curv), 0.0)  # NaN -> 0
+        if np.count_nonzero(np.isinf(vals)):  # at the map border (-inf) or infinite values
+            with _quiet():
+                curv = minus + plus - 2 * lv[0]
+                if vals.min() == -np.inf:  # a peak on the map border: one neighbour is missing
+                    out = _refine_border(vals, lv, curv)
+                else:
+                    out = np.where(curv < 0, (minus - plus) / (2 * curv), 0.0)  # NaN -> 0
+        else:  # finite (or NaN: quiet) values; 0 where curv >= 0 or NaN, never 0 / 0
+            curv = minus + plus - 2 * lv[0]
+            out = np.zeros_like(curv)
+            np.divide(minus - plus, 2 * curv, out=out, where=curv < 0)
         return np.minimum(np.maximum(out, -0.5), 0.5)  # (np.clip's wrapper is slow)
+
+    def _repeats(self, t: int, dtype: str):
+        """For T candidates: (S * T,) candidate of each sample (sample-major), (S * T,) sample
+        positions along the segment in ``dtype``, (2, S * T) short-limb window offsets; cached
+        for small T."""
+        key = (t, dtype)
+        r = self._reps.get(key)
+        if r is None:
+            s_ = self.edge_sampling_steps
+            r = (
+                np.tile(np.arange(t), s_),
+                np.repeat(self._t.astype(dtype), t),
+                np.repeat(self._win_s, t, axis=1),
+            )
+            if t <= _FLAT_SAMPLES:
+                self._reps[key] = r
+        return r
 
     def _score_edges(self, m: _Maps, part, pos):
         """Steps 3-4 for every candidate pair of every edge at once.
@@ -575,13 +625,15 @@ class OpenPoseDecoder:
         product.
         """
         g = m.geo
-        if self._edge_of is not None and part.size <= _PAIR_TABLE:
+        n = part.size
+        if self._edge_of is not None and n <= _PAIR_TABLE:
             # every (peak, peak) pair whose parts an edge joins, from a K x K table: a few
             # calls on P^2 elements instead of an enumeration per edge (take: cheaper than
-            # fancy indexing on small arrays)
-            table = self._edge_of.take(part, 0).take(part, 1)  # (P, P) edge index or -1
-            ia, ib = (table >= 0).nonzero()
-            eid = table[ia, ib]
+            # fancy indexing on small arrays); pair q is peaks (q // P, q % P)
+            table = self._edge_of.take(part, 0).take(part, 1).reshape(-1)  # (P * P,) edge or -1
+            q = (table >= 0).nonzero()[0]
+            pairs = self._pair_rows(n)
+            ia = ib = eid = None
         else:
             counts = np.bincount(part, minlength=self._k)
             starts = np.cumsum(counts) - counts
@@ -592,7 +644,8 @@ class OpenPoseDecoder:
             nbe = nb[eid]
             ia = starts[self._ea][eid] + local // nbe  # (T,) from-peak
             ib = starts[self._eb][eid] + local % nbe  # (T,) to-peak
-        if eid.size == 0:
+            q = eid
+        if q.size == 0:
             z = np.zeros(0, np.intp)
             return z, z, z, np.zeros(0), z, np.zeros(0, bool)
         # positions clipped to the map (refined ones reach half a pixel past it), so that every
@@ -601,19 +654,95 @@ class OpenPoseDecoder:
         # (casting first is the same: the bounds are exact in both types)
         ft = np.float32 if m.paf.size < 1 << 24 else np.float64
         p = np.minimum(np.maximum(pos if pos.dtype == ft else pos.astype(ft), 0), g.bounds[ft])
-        if eid.size <= _CHUNK:
-            score, count, length = self._sample(m, p, eid, ia, ib)
-        else:  # noise maps: blocks that stay in cache
-            parts = [
-                self._sample(m, p, eid[i : i + _CHUNK], ia[i : i + _CHUNK], ib[i : i + _CHUNK])
-                for i in range(0, eid.size, _CHUNK)
-            ]
-            score, count, length = (np.concatenate(x) for x in zip(*parts, strict=True))
-        ok = (count > self.threshold_edge_sampling_counter) & (length > 0)
+        t_ = q.size
+        if t_ <= _FLAT_SAMPLES:  # real maps: all samples as flat rows, see _sample
+            rep = self._repeats(t_, p.dtype.char)[0]  # (S * T,) candidate of each sample
+            if ia is None:
+                qr = q.take(rep)
+                ends, eid = pairs.take(qr, 1), table.take(qr)  # (2, S * T) peaks, (S * T,) edge
+            else:
+                ends, eid = np.stack([ia, ib]).take(rep, 1), eid.take(rep)
+            score, count, length = self._sample(m, p, eid, ends, t_)
+            eid, ia, ib = eid[:t_], ends[0, :t_], ends[1, :t_]
+        else:  # noise maps: (2, S, T) blocks that stay in cache
+            if ia is None:
+                (ia, ib), eid = pairs.take(q, 1), table.take(q)
+            with _quiet():
+                out = [
+                    self._sample_blocks(
+                        m, p, eid[i : i + _CHUNK], ia[i : i + _CHUNK], ib[i : i + _CHUNK]
+                    )
+                    for i in range(0, t_, _CHUNK)
+                ]
+            score, count, length = (np.concatenate(x) for x in zip(*out, strict=True))
+        ok = count > self.threshold_edge_sampling_counter
+        if self._count_needs_length:  # a zero-length candidate has no sample above 0
+            ok &= length > 0
         return eid, ia, ib, score, count, ok
 
-    def _sample(self, m: _Maps, p, eid, ia, ib):
-        """Score, count of samples above threshold_edge_score, and length of candidates."""
+    def _pair_rows(self, n: int) -> np.ndarray:
+        """(2, P * P) peaks (q // P, q % P) of pair index q; cached for small P."""
+        r = self._pairs.get(n)
+        if r is None:
+            r = np.stack(np.divmod(np.arange(n * n), n))
+            if n <= _PAIRS_CACHED:
+                self._pairs[n] = r
+        return r
+
+    def _sample(self, m: _Maps, p, er, ends, t_):
+        """Score, count of samples above threshold_edge_score, and length of T candidates.
+
+        ``er`` (S * T,) edge and ``ends`` (2, S * T) from- and to-peak of each sample: all S
+        samples of the T candidates are flat rows, sample-major (sample s of candidate t at
+        s * T + t), so that every call combines long contiguous rows (numpy's broadcasting
+        over short inner axes costs more) and the first T entries of a per-candidate quantity
+        are its per-candidate values.
+        """
+        g = m.geo
+        s_ = self.edge_sampling_steps
+        rep, ts, win_s = self._repeats(t_, p.dtype.char)
+        pp = p.take(ends, 1)  # (2, 2, N): (u, v) of both ends of each sample's candidate
+        pa = pp[:, 0]
+        d = pp[:, 1] - pa  # (2, N) candidate vectors
+        length = np.hypot(d[0], d[1])
+        unit = d / np.maximum(length, _TINY)
+        length = length[:t_]
+        # rows 0-1: sample (u, v), rounded to map pixels; 2-3: PAF x and y channel offsets
+        buf = np.empty((4, rep.size), p.dtype)
+        pts = np.multiply(d, ts, out=buf[:2])
+        pts += pa
+        short = length < 1.0
+        if np.count_nonzero(short):  # the window around the midpoint, cycled to S samples
+            win = np.maximum(np.rint(pa + d * 0.5) + win_s, 0)  # (computed for all: fewer
+            np.copyto(pts, np.minimum(win, g.bounds[np.float64]), where=short.take(rep))  # calls)
+        else:
+            short = None
+        np.rint(pts, out=pts)
+        g.chan_f[p.dtype.char].take(er, 1, out=buf[2:])
+        # flat PAF indices of both components: col * col stride + row * row stride + channel
+        # offset, integers below 2 ** 24 (float32) or 2 ** 53: exact in any order of summation
+        v = m.paf.take(np.dot(g.pick[p.dtype.char], buf).astype(np.intp))  # (2, N)
+        if np.maximum.reduce(np.abs(v), axis=None) < _SAFE:  # no inf, NaN or overflow
+            return self._score_samples(v, unit, short, length, s_, t_)
+        with _quiet():
+            return self._score_samples(v, unit, short, length, s_, t_)
+
+    def _score_samples(self, v, unit, short, length, s_, t_):
+        """Score, count and length of T candidates from their (2, S * T) PAF samples ``v``."""
+        v *= unit
+        dot = np.add(v[0], v[1]).reshape(s_, t_)  # (S, T) PAF . unit edge vector
+        if short is not None:
+            dot = np.where(short, np.maximum.reduce(dot, 0), dot)
+        score = np.add.reduce(dot, 0) / s_
+        if not math.isfinite(np.add.reduce(score)):  # NaN/inf in the PAF: no evidence there
+            dot = np.where(np.isnan(dot), 0.0, np.clip(dot, -1.0, 1.0))
+            score = dot.sum(0) / s_
+        count = np.add.reduce(dot > self.threshold_edge_score, 0)
+        return score, count, length
+
+    def _sample_blocks(self, m: _Maps, p, eid, ia, ib):
+        """``_sample`` for many candidates: (2, S, T) arrays, broadcasting over long T rows, the
+        per-candidate quantities computed once per candidate (caller: under ``_quiet``)."""
         g = m.geo
         pa = p.take(ia, 1)  # (2, T)
         d = p.take(ib, 1)
@@ -630,19 +759,15 @@ class OpenPoseDecoder:
             np.copyto(pts, np.minimum(win, g.bounds[np.float64][:, :, None]), where=short)
         np.rint(pts, out=pts)
         # (S, T) flat sample pixels: row * row stride + col * col stride, exact in float
-        off = (g.paf_rc[p.dtype.char] @ pts.reshape(2, -1)).astype(np.intp)
+        off = (g.pick[p.dtype.char][0, :2] @ pts.reshape(2, -1)).astype(np.intp)
         chan = g.chan.take(eid, 1)  # (2, T) PAF x and y channel offsets
         s_, t_ = pts.shape[1], pts.shape[2]
-        if eid.size * s_ <= 2048:  # small: one gather of both components
-            v = m.paf.take(chan[:, None, :] + off.reshape(s_, t_))  # (2, S, T)
-            dot = np.add.reduce(v * unit[:, None, :], 0)  # (S, T) PAF . unit edge vector
-        else:  # large: in place, one component at a time
-            off = off.reshape(s_, t_)
-            dot = m.paf.take(chan[0] + off)
-            dot *= unit[0]
-            vy = m.paf.take(chan[1] + off)
-            vy *= unit[1]
-            dot += vy
+        off = off.reshape(s_, t_)  # in place, one component at a time
+        dot = m.paf.take(chan[0] + off)  # (S, T) PAF . unit edge vector
+        dot *= unit[0]
+        vy = m.paf.take(chan[1] + off)
+        vy *= unit[1]
+        dot += vy
         if short is not None:
             dot = np.where(short, np.maximum.reduce(dot, 0), dot)
         score = np.add.reduce(dot, 0) / s_
@@ -652,12 +777,12 @@ class OpenPoseDecoder:
         count = np.add.reduce(dot > self.threshold_edge_score, 0)
         return score, count, length
 
-    def _objects(self, part, score, pos, pflat, geo, roots, accepted, ca, cscore, h, w, scale):
+    def _objects(self, part, score, pos, pflat, geo, roots, acc_a, acc_s, h, w, scale):
         """Steps 6-7 and 9: objects from the matching, merged, filtered, scaled.
 
         ``part``: (P,) list of each peak's part; ``roots``: each peak's union-find root;
-        ``accepted``: candidate indices of the accepted edges, in matching order. Objects are
-        numbered by first appearance over the peaks. The bookkeeping runs on Python lists (a few
+        ``acc_a``, ``acc_s``: from-peak and score of the accepted edges, in matching order.
+        Objects are numbered by first appearance over the peaks. The bookkeeping runs on Python lists (a few
         peaks per image: cheaper than numpy calls), with the same float64 sums in the same order
         as ``np.bincount`` would form them; merging split objects works on arrays.
         """
@@ -676,10 +801,8 @@ class OpenPoseDecoder:
             part_sum[o] += score_l[i]
             nparts[o] += 1
         edge_sum = [0.0] * nobj
-        if accepted:
-            ca_l, cs_l = ca.tolist(), cscore.tolist()
-            for j in accepted:
-                edge_sum[obj[ca_l[j]]] += cs_l[j]
+        for a, sc in zip(acc_a, acc_s, strict=True):
+            edge_sum[obj[a]] += sc
         if nobj > 1 and self.threshold_split_score > 0 and self._near_peaks(pflat, geo):
             obj_a = np.array(obj, np.intp)
             po, ps, es = self._merge_split(
@@ -814,7 +937,8 @@ class _Geometry:
     code: np.ndarray  # (size,) border class of every heatmap element (0: inside)
     invalid: np.ndarray  # (classes, Wn) window offsets beyond the border, per class
     chan: np.ndarray  # (2, E) flat offsets of each edge's PAF x and y channels
-    paf_rc: dict  # (2,) PAF (col, row) element strides by dtype char, for (2,) @ (2, n)
+    chan_f: dict  # the same by float dtype char
+    pick: dict  # (2, 4) PAF flat index of (u, v, x channel, y channel) rows, by dtype char
     bounds: dict  # (2, 1) largest map coordinates (u, v), by float type
     near: dict = field(default_factory=dict)  # split-merge pre-test offsets by radius
 
@@ -840,6 +964,11 @@ def _flat(a: np.ndarray) -> np.ndarray:
     if a.dtype not in (np.float32, np.float64):
         a = a.astype(np.float32)
     return np.ascontiguousarray(a).reshape(-1)
+
+
+def _quiet() -> np.errstate:
+    """numpy's floating-point warnings off, for the steps that may meet NaN/inf (see trace)."""
+    return np.errstate(divide="ignore", invalid="ignore", over="ignore")
 
 
 def _as_scale(value: Any, name: str) -> tuple[float, float] | None:
