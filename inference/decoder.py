@@ -106,6 +106,7 @@ _FLAT_SAMPLES = 256
 # pair tables of up to this many peaks are kept between calls
 _PAIRS_CACHED = 64
 _TINY = 1e-12
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))  # native byte order
 # PAF samples below this magnitude give finite scores without floating-point warnings
 _SAFE = 1e30
 
@@ -258,6 +259,7 @@ class OpenPoseDecoder:
         if len(pairs) == self._e:
             self._edge_of = np.full((self._k, self._k), -1, np.intp)
             self._edge_of[self._ea, self._eb] = self._eidx
+        self._scales: dict[tuple, tuple[float, float]] = {}  # see _scale
         self._buffers = threading.local()  # per-thread scratch (split-merge marks) between calls
 
     # ------------------------------------------------------------------ construction
@@ -321,8 +323,9 @@ class OpenPoseDecoder:
         layout: str = "chw",
         output_scale: Any = None,
     ) -> list[Skeleton]:
-        """Decode one image's maps; skeletons sorted by descending score."""
-        return self.trace(heatmap, paf, maxpool_heatmap, layout, output_scale).skeletons
+        """Decode one image's maps; skeletons sorted by descending score (as ``trace``, without
+        keeping the intermediate steps)."""
+        return self._trace(heatmap, paf, maxpool_heatmap, layout, output_scale, False)
 
     def trace(
         self,
@@ -338,20 +341,23 @@ class OpenPoseDecoder:
         # few steps that can raise them (refinement of infinite or border peaks, scoring on
         # non-finite or huge PAF values) run under np.errstate only when that can happen: a
         # context switch per call costs ~5 us of numpy time on every later call of the decode
-        return self._trace(heatmap, paf, maxpool_heatmap, layout, output_scale)
+        return self._trace(heatmap, paf, maxpool_heatmap, layout, output_scale, True)
 
-    def _trace(self, heatmap, paf, maxpool_heatmap, layout, output_scale) -> DecodeTrace:
+    def _trace(self, heatmap, paf, maxpool_heatmap, layout, output_scale, full: bool):
+        """The decode; a ``DecodeTrace`` if ``full``, else only the skeletons."""
         m = self._prepare(heatmap, paf, maxpool_heatmap, layout)
-        scale = _as_scale(output_scale, "output_scale") or self.output_scale or (m.h, m.w)
+        scale = self._scale(output_scale) or self.output_scale or (m.h, m.w)
 
         # ---- steps 1-2: candidates above threshold, NMS, confidence, cap per part
         # (small arrays: take / nonzero + take, cheaper than fancy or boolean indexing)
         part, cr, pflat, win = self._peaks(m)  # cr: (2, P) (col, row)
         if part.size == 0:
+            if not full:
+                return []
             z, f = np.zeros(0, np.intp), np.zeros(0)
             return DecodeTrace(z, z, z, f, np.zeros((0, 2)), z, z, z, f, z, z.astype(bool), z, [])
         score = win[0]  # (P,) peak confidences
-        if np.maximum.reduce(score) == np.inf:  # NaN never is a peak; +inf counts as certain
+        if np.count_nonzero(np.isinf(score)):  # NaN never is a peak; +inf counts as certain
             score = np.minimum(score, 1.0)
         if part.size > self.max_peaks_per_part and (
             np.bincount(part).max() > self.max_peaks_per_part
@@ -363,7 +369,6 @@ class OpenPoseDecoder:
             o = np.argsort(part, kind="stable")
             part, pflat, score = part.take(o), pflat.take(o), score.take(o)
             cr, win = cr.take(o, 1), win.take(o, 1)
-        col, row = cr
 
         # ---- step 8, for every peak up front (from the NMS windows): sub-pixel positions (u, v)
         if self.refine_parts_coordinates:
@@ -389,7 +394,7 @@ class OpenPoseDecoder:
             roots, acc = _greedy_union(okidx.tolist(), ce.tolist(), ca_l, cb.tolist(), part_l)
             cs_l = cscore.tolist()
             acc_a, acc_s = [ca_l[j] for j in acc], [cs_l[j] for j in acc]
-            accepted = np.array(acc, np.intp)
+            accepted = np.array(acc, np.intp) if full else None
         else:  # noise maps: lists of the accepted candidates only, already in order
             e_l, a_l, b_l = (x.take(okidx).tolist() for x in (ce, ca, cb))
             roots, acc = _greedy_union(range(len(e_l)), e_l, a_l, b_l, part_l)
@@ -400,11 +405,30 @@ class OpenPoseDecoder:
         skeletons = self._objects(
             part_l, score, pos, pflat, m.geo, roots, acc_a, acc_s, m.h, m.w, scale
         )
+        if not full:
+            return skeletons
+        col, row = cr[0], cr[1]
         return DecodeTrace(
             part, row, col, score, pos.T, ce, ca, cb, cscore, ccount, cok, accepted, skeletons
         )
 
     # ------------------------------------------------------------------ steps
+    def _scale(self, value) -> tuple[float, float] | None:
+        """``_as_scale(value)``, remembering the values seen (one image size per input size)."""
+        if value is None:
+            return None
+        try:
+            key = tuple(value)
+            hit = self._scales.get(key)
+        except TypeError:  # not iterable or not hashable: let _as_scale judge
+            return _as_scale(value, "output_scale")
+        if hit is None:
+            hit = _as_scale(value, "output_scale")
+            if len(self._scales) >= 256:
+                self._scales.clear()
+            self._scales[key] = hit
+        return hit
+
     def _prepare(self, heatmap, paf, maxpool_heatmap, layout) -> _Maps:
         """Check shapes; flat heatmap and PAF (no copies of contiguous float maps); constants."""
         if layout not in LAYOUTS:
@@ -476,6 +500,9 @@ class OpenPoseDecoder:
             strides=strides,
             paf_strides=pstrides,
             window=(dr * sr + dc * sc).astype(np.intp),
+            window_col=(dr * sr + dc * sc).astype(np.intp)[:, None].copy(),
+            size_hw=h * w,
+            col_row=np.stack([cols, rows]).astype(np.intp),
             code=np.tile(code, k) if chw else np.repeat(code, k),
             invalid=~np.roll(uniq, 1, axis=0),
             chan=chan * pstrides[0],
@@ -534,10 +561,10 @@ class OpenPoseDecoder:
         the pixel's border class then overwrites with -inf.
         """
         g = m.geo
-        win = m.flat.take(g.window[:, None] + flat, mode="clip")
-        code = g.code[flat]
-        if code.any():  # some pixels touch the border
-            np.copyto(win, -np.inf, where=g.invalid[code].T)
+        win = m.flat.take(g.window_col + flat, mode="clip")
+        code = g.code.take(flat)
+        if np.count_nonzero(code):  # some pixels touch the border
+            np.copyto(win, -np.inf, where=g.invalid.take(code, 0).T)
         return win
 
     def _to_flat(self, m: _Maps, part, row, col):
@@ -545,16 +572,15 @@ class OpenPoseDecoder:
         return part * sk + row * sr + col * sc
 
     def _from_flat(self, m: _Maps, flat):
-        """Part (P,) and (2, P) (col, row) of flat heatmap indices."""
-        sk, sr, sc = m.geo.strides
-        cr = np.empty((2, flat.size), np.intp)
-        if m.chw:
-            part, rem = np.divmod(flat, sk)
-            np.divmod(rem, sr, out=(cr[1], cr[0]))
-        else:
-            row, rem = np.divmod(flat, sr, out=(cr[1], None))
-            col, part = np.divmod(rem, sc, out=(cr[0], None))
-        return part, cr
+        """Part (P,) and (2, P) (col, row) of flat heatmap indices (pixel from a table)."""
+        g = m.geo
+        if m.chw:  # flat = part * H * W + pixel
+            part = flat // g.size_hw
+            pix = flat - part * g.size_hw
+        else:  # flat = pixel * K + part
+            pix = flat // self._k
+            part = flat - pix * self._k
+        return part, g.col_row.take(pix, 1)
 
     def _dense_nms(self, m: _Maps):
         """Whole-map NMS with the plateau tie-break, for maps with too many candidates."""
@@ -934,6 +960,9 @@ class _Geometry:
     strides: tuple[int, int, int]  # (part, row, col) element strides of the heatmap
     paf_strides: tuple[int, int, int]  # (channel, row, col) element strides of the PAF
     window: np.ndarray  # (Wn,) flat offsets of the gathered window (rows as decoder._win_rc)
+    window_col: np.ndarray  # the same as a (Wn, 1) column
+    size_hw: int  # pixels of one channel
+    col_row: np.ndarray  # (2, H * W) column and row of each pixel (raster order)
     code: np.ndarray  # (size,) border class of every heatmap element (0: inside)
     invalid: np.ndarray  # (classes, Wn) window offsets beyond the border, per class
     chan: np.ndarray  # (2, E) flat offsets of each edge's PAF x and y channels
@@ -961,9 +990,11 @@ class _Maps:
 # ---------------------------------------------------------------------- helpers
 def _flat(a: np.ndarray) -> np.ndarray:
     """Contiguous 1-D view (copy only if needed); float16/ints become float32."""
-    if a.dtype not in (np.float32, np.float64):
+    if a.dtype not in _FLOAT_DTYPES:
         a = a.astype(np.float32)
-    return np.ascontiguousarray(a).reshape(-1)
+    if not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a)
+    return a.reshape(-1)
 
 
 def _quiet() -> np.errstate:
