@@ -103,8 +103,6 @@ _CHUNK = 4096
 # up to this many edge candidates, samples are flat rows (see _sample); more (noise maps) are
 # scored in (2, S, T) blocks of _CHUNK; sample index arrays of that many are kept between calls
 _FLAT_SAMPLES = 256
-# pair tables of up to this many peaks are kept between calls
-_PAIRS_CACHED = 64
 _TINY = 1e-12
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))  # native byte order
 # PAF samples below this magnitude give finite scores without floating-point warnings
@@ -210,7 +208,6 @@ class OpenPoseDecoder:
         self._ts = {  # (1, S, 1) sample positions by dtype char, for _sample_blocks
             np.dtype(t).char: self._t.astype(t)[None, :, None] for t in (np.float32, np.float64)
         }
-        self._pairs: dict[int, np.ndarray] = {}  # per peak count, see _pair_rows
         # a candidate of zero length has no unit vector (all dot products 0 or NaN, made 0), so
         # no sample above a threshold >= 0: then the sample counter alone decides
         self._count_needs_length = not (
@@ -260,6 +257,8 @@ class OpenPoseDecoder:
             self._edge_of = np.full((self._k, self._k), -1, np.intp)
             self._edge_of[self._ea, self._eb] = self._eidx
         self._scales: dict[tuple, tuple[float, float]] = {}  # see _scale
+        self._checked: dict[tuple, _Geometry] = {}  # (heatmap, paf shape, layout) seen valid
+        self._factors: dict[tuple, np.ndarray] = {}  # output scale factors, see _objects
         self._buffers = threading.local()  # per-thread scratch (split-merge marks) between calls
 
     # ------------------------------------------------------------------ construction
@@ -431,6 +430,11 @@ class OpenPoseDecoder:
 
     def _prepare(self, heatmap, paf, maxpool_heatmap, layout) -> _Maps:
         """Check shapes; flat heatmap and PAF (no copies of contiguous float maps); constants."""
+        if maxpool_heatmap is None and type(heatmap) is np.ndarray and type(paf) is np.ndarray:
+            g = self._checked.get((heatmap.shape, paf.shape, layout))
+            if g is not None:  # shapes seen and checked before
+                chw = g.key[0] == "c"
+                return _Maps(_flat(heatmap), heatmap, None, _flat(paf), g.h, g.w, chw, g, chw)
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         heatmap, paf = np.asarray(heatmap), np.asarray(paf)
@@ -467,6 +471,8 @@ class OpenPoseDecoder:
                     f"{hs} ({layout})"
                 )
         g = self._geometry(chw, h, w)
+        if len(self._checked) < 256:
+            self._checked[(hs, ps, layout)] = g
         return _Maps(_flat(heatmap), heatmap, maxpool_heatmap, _flat(paf), h, w, chw, g, chw)
 
     def _geometry(self, chw: bool, h: int, w: int) -> _Geometry:
@@ -496,6 +502,8 @@ class OpenPoseDecoder:
         code = code.astype(np.min_scalar_type(ncls))
         g = _Geometry(
             key=f"{'chw' if chw else 'hwc'}_{h}_{w}",
+            h=h,
+            w=w,
             size=k * h * w,
             strides=strides,
             paf_strides=pstrides,
@@ -620,7 +628,7 @@ class OpenPoseDecoder:
                     out = np.where(curv < 0, (minus - plus) / (2 * curv), 0.0)  # NaN -> 0
         else:  # finite (or NaN: quiet) values; 0 where curv >= 0 or NaN, never 0 / 0
             curv = minus + plus - 2 * lv[0]
-            out = np.zeros_like(curv)
+            out = np.zeros(curv.shape, curv.dtype)
             np.divide(minus - plus, 2 * curv, out=out, where=curv < 0)
         return np.minimum(np.maximum(out, -0.5), 0.5)  # (np.clip's wrapper is slow)
 
@@ -658,8 +666,8 @@ class OpenPoseDecoder:
             # fancy indexing on small arrays); pair q is peaks (q // P, q % P)
             table = self._edge_of.take(part, 0).take(part, 1).reshape(-1)  # (P * P,) edge or -1
             q = (table >= 0).nonzero()[0]
-            pairs = self._pair_rows(n)
-            ia = ib = eid = None
+            ia = q // n
+            ib, eid = q - ia * n, table.take(q)
         else:
             counts = np.bincount(part, minlength=self._k)
             starts = np.cumsum(counts) - counts
@@ -670,8 +678,7 @@ class OpenPoseDecoder:
             nbe = nb[eid]
             ia = starts[self._ea][eid] + local // nbe  # (T,) from-peak
             ib = starts[self._eb][eid] + local % nbe  # (T,) to-peak
-            q = eid
-        if q.size == 0:
+        if eid.size == 0:
             z = np.zeros(0, np.intp)
             return z, z, z, np.zeros(0), z, np.zeros(0, bool)
         # positions clipped to the map (refined ones reach half a pixel past it), so that every
@@ -680,19 +687,10 @@ class OpenPoseDecoder:
         # (casting first is the same: the bounds are exact in both types)
         ft = np.float32 if m.paf.size < 1 << 24 else np.float64
         p = np.minimum(np.maximum(pos if pos.dtype == ft else pos.astype(ft), 0), g.bounds[ft])
-        t_ = q.size
+        t_ = eid.size
         if t_ <= _FLAT_SAMPLES:  # real maps: all samples as flat rows, see _sample
-            rep = self._repeats(t_, p.dtype.char)[0]  # (S * T,) candidate of each sample
-            if ia is None:
-                qr = q.take(rep)
-                ends, eid = pairs.take(qr, 1), table.take(qr)  # (2, S * T) peaks, (S * T,) edge
-            else:
-                ends, eid = np.stack([ia, ib]).take(rep, 1), eid.take(rep)
-            score, count, length = self._sample(m, p, eid, ends, t_)
-            eid, ia, ib = eid[:t_], ends[0, :t_], ends[1, :t_]
+            score, count, length = self._sample(m, p, eid, ia, ib)
         else:  # noise maps: (2, S, T) blocks that stay in cache
-            if ia is None:
-                (ia, ib), eid = pairs.take(q, 1), table.take(q)
             with _quiet():
                 out = [
                     self._sample_blocks(
@@ -706,52 +704,43 @@ class OpenPoseDecoder:
             ok &= length > 0
         return eid, ia, ib, score, count, ok
 
-    def _pair_rows(self, n: int) -> np.ndarray:
-        """(2, P * P) peaks (q // P, q % P) of pair index q; cached for small P."""
-        r = self._pairs.get(n)
-        if r is None:
-            r = np.stack(np.divmod(np.arange(n * n), n))
-            if n <= _PAIRS_CACHED:
-                self._pairs[n] = r
-        return r
-
-    def _sample(self, m: _Maps, p, er, ends, t_):
+    def _sample(self, m: _Maps, p, eid, ia, ib):
         """Score, count of samples above threshold_edge_score, and length of T candidates.
 
-        ``er`` (S * T,) edge and ``ends`` (2, S * T) from- and to-peak of each sample: all S
-        samples of the T candidates are flat rows, sample-major (sample s of candidate t at
-        s * T + t), so that every call combines long contiguous rows (numpy's broadcasting
-        over short inner axes costs more) and the first T entries of a per-candidate quantity
-        are its per-candidate values.
+        The per-candidate quantities (vector, start, PAF channels, unit vector) are computed once
+        per candidate, as rows of one (8, T) array, and repeated to all S samples by one gather:
+        samples are flat rows, sample-major (sample s of candidate t at s * T + t), so that every
+        call combines long contiguous rows (numpy's broadcasting over short inner axes costs
+        several times more).
         """
         g = m.geo
-        s_ = self.edge_sampling_steps
-        rep, ts, win_s = self._repeats(t_, p.dtype.char)
-        pp = p.take(ends, 1)  # (2, 2, N): (u, v) of both ends of each sample's candidate
-        pa = pp[:, 0]
-        d = pp[:, 1] - pa  # (2, N) candidate vectors
-        length = np.hypot(d[0], d[1])
-        unit = d / np.maximum(length, _TINY)
-        length = length[:t_]
-        # rows 0-1: sample (u, v), rounded to map pixels; 2-3: PAF x and y channel offsets
-        buf = np.empty((4, rep.size), p.dtype)
-        pts = np.multiply(d, ts, out=buf[:2])
-        pts += pa
+        t_, s_, ch = eid.size, self.edge_sampling_steps, p.dtype.char
+        rep, ts, win_s = self._repeats(t_, ch)
+        c = np.empty((8, t_), p.dtype)  # rows: vector (2), start (2), PAF channels (2), unit (2)
+        p.take(ia, 1, out=c[2:4], mode="clip")  # (indices are valid: clip skips a buffer)
+        np.subtract(p.take(ib, 1), c[2:4], out=c[:2])
+        length = np.hypot(c[0], c[1])
+        np.divide(c[:2], np.maximum(length, _TINY), out=c[6:])
+        g.chan_f[ch].take(eid, 1, out=c[4:6], mode="clip")
+        r = c.take(rep, 1)  # (8, N): the candidate's rows at each of its samples
+        np.multiply(r[:2], ts, out=r[:2])
+        pts = r[2:4]  # samples (u, v), rounded to map pixels below
+        pts += r[:2]
         short = length < 1.0
         if np.count_nonzero(short):  # the window around the midpoint, cycled to S samples
-            win = np.maximum(np.rint(pa + d * 0.5) + win_s, 0)  # (computed for all: fewer
-            np.copyto(pts, np.minimum(win, g.bounds[np.float64]), where=short.take(rep))  # calls)
+            mid = np.rint(c[2:4] + c[:2] * 0.5)  # (computed for all: fewer calls)
+            win = np.maximum(mid.take(rep, 1) + win_s, 0)
+            np.copyto(pts, np.minimum(win, g.bounds[np.float64]), where=short.take(rep))
         else:
             short = None
         np.rint(pts, out=pts)
-        g.chan_f[p.dtype.char].take(er, 1, out=buf[2:])
         # flat PAF indices of both components: col * col stride + row * row stride + channel
         # offset, integers below 2 ** 24 (float32) or 2 ** 53: exact in any order of summation
-        v = m.paf.take(np.dot(g.pick[p.dtype.char], buf).astype(np.intp))  # (2, N)
+        v = m.paf.take(np.dot(g.pick[ch], r[2:6]).astype(np.intp))  # (2, N)
         if np.maximum.reduce(np.abs(v), axis=None) < _SAFE:  # no inf, NaN or overflow
-            return self._score_samples(v, unit, short, length, s_, t_)
+            return self._score_samples(v, r[6:], short, length, s_, t_)
         with _quiet():
-            return self._score_samples(v, unit, short, length, s_, t_)
+            return self._score_samples(v, r[6:], short, length, s_, t_)
 
     def _score_samples(self, v, unit, short, length, s_, t_):
         """Score, count and length of T candidates from their (2, S * T) PAF samples ``v``."""
@@ -813,19 +802,24 @@ class OpenPoseDecoder:
         as ``np.bincount`` would form them; merging split objects works on arrays.
         """
         n = len(part)
-        label: dict[int, int] = {}
-        obj = [label.setdefault(r, len(label)) for r in roots]
-        nobj = len(label)
+        label: dict[int, int] = {}  # root -> object
+        obj = []  # (P,) object of each peak
+        peak_of: list[list[int]] = []  # (O, K) peak index per part
+        part_sum: list[float] = []
+        nparts: list[int] = []
         k = self._k
-        score_l = score.tolist()
-        peak_of = [[-1] * k for _ in range(nobj)]  # (O, K) peak index per part
-        part_sum = [0.0] * nobj
-        nparts = [0] * nobj
-        for i in range(n):
-            o = obj[i]
-            peak_of[o][part[i]] = i
-            part_sum[o] += score_l[i]
+        for i, (r, pt, sc) in enumerate(zip(roots, part, score.tolist(), strict=True)):
+            o = label.get(r)
+            if o is None:
+                o = label[r] = len(peak_of)
+                peak_of.append([-1] * k)
+                part_sum.append(0.0)
+                nparts.append(0)
+            obj.append(o)
+            peak_of[o][pt] = i
+            part_sum[o] += sc
             nparts[o] += 1
+        nobj = len(peak_of)
         edge_sum = [0.0] * nobj
         for a, sc in zip(acc_a, acc_s, strict=True):
             edge_sum[obj[a]] += sc
@@ -851,11 +845,18 @@ class OpenPoseDecoder:
             return []
         if len(keep) > 1:  # stable, by descending score
             keep.sort(key=lambda o: -oscore[o])
-        rows, cols = scale
         # one (x, y, score) row per peak and a last row for missing parts (peak index -1);
         # the scale in pos's own type, as a Python float scalar would be
+        key = (scale, h, w, pos.dtype.char)
+        factor = self._factors.get(key)
+        if factor is None:
+            rows, cols = scale
+            factor = np.array([[cols / w], [rows / h]], pos.dtype)
+            if len(self._factors) >= 256:
+                self._factors.clear()
+            self._factors[key] = factor
         table = np.empty((n + 1, 3))
-        np.multiply(pos + 0.5, np.array([[cols / w], [rows / h]], pos.dtype), out=table[:n, :2].T)
+        np.multiply(pos + 0.5, factor, out=table[:n, :2].T)
         table[:n, 2] = score
         table[n] = (np.nan, np.nan, 0.0)
         pk = np.array([peak_of[o] for o in keep], np.intp)  # (O', K)
@@ -955,7 +956,9 @@ class OpenPoseDecoder:
 class _Geometry:
     """Constants of one map shape and layout."""
 
-    key: str  # names the thread's split-merge marks buffer
+    key: str  # names the thread's split-merge marks buffer ("chw_H_W" or "hwc_H_W")
+    h: int
+    w: int
     size: int  # heatmap elements
     strides: tuple[int, int, int]  # (part, row, col) element strides of the heatmap
     paf_strides: tuple[int, int, int]  # (channel, row, col) element strides of the PAF
