@@ -66,7 +66,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,6 +105,7 @@ _CHUNK = 4096
 _FLAT_SAMPLES = 256
 _TINY = 1e-12
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))  # native byte order
+_MISSING = np.array([np.nan, np.nan, 0.0])  # (x, y, score) of a missing part
 # PAF samples below this magnitude give finite scores without floating-point warnings
 _SAFE = 1e30
 
@@ -257,6 +258,7 @@ class OpenPoseDecoder:
             self._edge_of = np.full((self._k, self._k), -1, np.intp)
             self._edge_of[self._ea, self._eb] = self._eidx
         self._scales: dict[tuple, tuple[float, float]] = {}  # see _scale
+        self._bits = [1 << k for k in range(self._k)]  # part bitmasks for the matching
         self._checked: dict[tuple, _Geometry] = {}  # (heatmap, paf shape, layout) seen valid
         self._factors: dict[tuple, np.ndarray] = {}  # output scale factors, see _objects
         self._buffers = threading.local()  # per-thread scratch (split-merge marks) between calls
@@ -355,12 +357,14 @@ class OpenPoseDecoder:
                 return []
             z, f = np.zeros(0, np.intp), np.zeros(0)
             return DecodeTrace(z, z, z, f, np.zeros((0, 2)), z, z, z, f, z, z.astype(bool), z, [])
-        score = win[0]  # (P,) peak confidences
-        if np.count_nonzero(np.isinf(score)):  # NaN never is a peak; +inf counts as certain
-            score = np.minimum(score, 1.0)
+        score = win[0]  # (P,) peak confidences; NaN never is a peak, +inf counts as certain
+        checked = False  # +inf clipped (done here for the cap, else after the refinement)
         if part.size > self.max_peaks_per_part and (
             np.bincount(part).max() > self.max_peaks_per_part
         ):
+            if np.count_nonzero(np.isinf(score)):
+                score = np.minimum(score, 1.0)
+            checked = True
             sel = _cap_index(part, score, self.max_peaks_per_part)
             part, pflat, score = part.take(sel), pflat.take(sel), score.take(sel)
             cr, win = cr.take(sel, 1), win.take(sel, 1)
@@ -370,33 +374,37 @@ class OpenPoseDecoder:
             cr, win = cr.take(o, 1), win.take(o, 1)
 
         # ---- step 8, for every peak up front (from the NMS windows): sub-pixel positions (u, v)
+        finite = False  # the peaks' windows hold no inf (then neither do the scores)
         if self.refine_parts_coordinates:
-            pos = self._refine(win)  # (2, P) offsets, then map index coordinates
-            np.add(pos, cr, out=pos)
+            pos, finite = self._refine(win)  # (2, P) offsets, then map index coordinates
+            np.add(pos, cr, out=pos)  # (cr: integers, float when from _from_flat)
         else:
             pos = cr.astype(np.float64)
+        if not (checked or finite) and np.count_nonzero(np.isinf(score)):
+            score = np.minimum(score, 1.0)
 
         # ---- steps 3-4: every candidate pair of every edge, scored on the PAF at once
         ce, ca, cb, cscore, ccount, cok = self._score_edges(m, part, pos)
 
         # ---- step 5: greedy matching by descending edge score: one-to-one per edge type,
         # and objects joined edge by edge unless a part would repeat
-        okidx = cok.nonzero()[0]
-        if okidx.size > 1:
-            okidx = okidx.take((-cscore.take(okidx)).argsort(kind="stable"))
-            if okidx.size > _VECTOR_MATCH:  # noise maps: the one-to-one rounds as whole arrays
-                key = ce[okidx] * part.size
-                okidx = okidx[_one_to_one(key + ca[okidx], key + cb[okidx], self._e * part.size)]
         part_l = part.tolist()
         if ce.size <= _FLAT_SAMPLES:  # few candidates: Python lists of all, visited in order
+            cs_l, ok_l = cscore.tolist(), cok.tolist()
+            order = [j for j in range(len(ok_l)) if ok_l[j]]  # stable sort, descending score
+            order.sort(key=cs_l.__getitem__, reverse=True)  # (as argsort(-score, "stable"))
             ca_l = ca.tolist()
-            roots, acc = _greedy_union(okidx.tolist(), ce.tolist(), ca_l, cb.tolist(), part_l)
-            cs_l = cscore.tolist()
+            roots, acc = _greedy_union(order, ce.tolist(), ca_l, cb.tolist(), part_l, self._bits)
             acc_a, acc_s = [ca_l[j] for j in acc], [cs_l[j] for j in acc]
             accepted = np.array(acc, np.intp) if full else None
         else:  # noise maps: lists of the accepted candidates only, already in order
+            okidx = cok.nonzero()[0]
+            okidx = okidx.take((-cscore.take(okidx)).argsort(kind="stable"))
+            if okidx.size > _VECTOR_MATCH:  # the one-to-one rounds as whole arrays
+                key = ce[okidx] * part.size
+                okidx = okidx[_one_to_one(key + ca[okidx], key + cb[okidx], self._e * part.size)]
             e_l, a_l, b_l = (x.take(okidx).tolist() for x in (ce, ca, cb))
-            roots, acc = _greedy_union(range(len(e_l)), e_l, a_l, b_l, part_l)
+            roots, acc = _greedy_union(range(len(e_l)), e_l, a_l, b_l, part_l, self._bits)
             accepted = okidx.take(acc)
             acc_a, acc_s = ca.take(accepted).tolist(), cscore.take(accepted).tolist()
 
@@ -406,6 +414,8 @@ class OpenPoseDecoder:
         )
         if not full:
             return skeletons
+        if cr.dtype != np.intp:
+            cr = cr.astype(np.intp)
         col, row = cr[0], cr[1]
         return DecodeTrace(
             part, row, col, score, pos.T, ce, ca, cb, cscore, ccount, cok, accepted, skeletons
@@ -510,7 +520,7 @@ class OpenPoseDecoder:
             window=(dr * sr + dc * sc).astype(np.intp),
             window_col=(dr * sr + dc * sc).astype(np.intp)[:, None].copy(),
             size_hw=h * w,
-            col_row=np.stack([cols, rows]).astype(np.intp),
+            col_row_f={t: np.stack([cols, rows]).astype(t) for t in "fd"},
             code=np.tile(code, k) if chw else np.repeat(code, k),
             invalid=~np.roll(uniq, 1, axis=0),
             chan=chan * pstrides[0],
@@ -580,7 +590,8 @@ class OpenPoseDecoder:
         return part * sk + row * sr + col * sc
 
     def _from_flat(self, m: _Maps, flat):
-        """Part (P,) and (2, P) (col, row) of flat heatmap indices (pixel from a table)."""
+        """Part (P,) and (2, P) (col, row) of flat heatmap indices (pixel from a table), the
+        latter in the heatmap's float type (exact integers; added to float offsets)."""
         g = m.geo
         if m.chw:  # flat = part * H * W + pixel
             part = flat // g.size_hw
@@ -588,7 +599,7 @@ class OpenPoseDecoder:
         else:  # flat = pixel * K + part
             pix = flat // self._k
             part = flat - pix * self._k
-        return part, g.col_row.take(pix, 1)
+        return part, g.col_row_f[m.flat.dtype.char].take(pix, 1)
 
     def _dense_nms(self, m: _Maps):
         """Whole-map NMS with the plateau tie-break, for maps with too many candidates."""
@@ -609,17 +620,19 @@ class OpenPoseDecoder:
         return part, row, col, self._to_flat(m, part, row, col)
 
     def _refine(self, win):
-        """(2, P) sub-pixel offsets (du, dv) in [-0.5, 0.5] from the (Wn, P) peak windows."""
+        """(2, P) sub-pixel offsets (du, dv) in [-0.5, 0.5] from the (Wn, P) peak windows, and
+        whether the windows were seen to hold no infinite value (False: not checked or some)."""
         if self.refine_method == "centroid":
             vals = win.take(self._win3_rows, 0)  # (9, P) the 3x3 window in raster order
             wts = np.where(vals > 0, np.minimum(vals, 1e30), 0.0)  # border, NaN, < 0: none
             out = (self._win3_rc[:, ::-1].T @ wts) / np.maximum(wts.sum(0), _TINY)
-            return np.minimum(np.maximum(out, -0.5), 0.5)
+            return np.minimum(np.maximum(out, -0.5), 0.5), False
         # parabola through the log values of the 3x3 cross: exact for a Gaussian peak
         vals = win.take(self._cross_rows, 0)  # (5, P): centre, left, up, right, down
         lv = np.log(np.maximum(vals, _TINY))  # no warnings: NaN stays NaN, inf gives inf
         minus, plus = lv[1:3], lv[3:5]  # (2, P): (left, up), (right, down)
-        if np.count_nonzero(np.isinf(vals)):  # at the map border (-inf) or infinite values
+        finite = not np.count_nonzero(np.isinf(vals))
+        if not finite:  # at the map border (-inf) or infinite values
             with _quiet():
                 curv = minus + plus - 2 * lv[0]
                 if vals.min() == -np.inf:  # a peak on the map border: one neighbour is missing
@@ -630,7 +643,7 @@ class OpenPoseDecoder:
             curv = minus + plus - 2 * lv[0]
             out = np.zeros(curv.shape, curv.dtype)
             np.divide(minus - plus, 2 * curv, out=out, where=curv < 0)
-        return np.minimum(np.maximum(out, -0.5), 0.5)  # (np.clip's wrapper is slow)
+        return np.minimum(np.maximum(out, -0.5), 0.5), finite  # (np.clip's wrapper is slow)
 
     def _repeats(self, t: int, dtype: str):
         """For T candidates: (S * T,) candidate of each sample (sample-major), (S * T,) sample
@@ -858,7 +871,7 @@ class OpenPoseDecoder:
         table = np.empty((n + 1, 3))
         np.multiply(pos + 0.5, factor, out=table[:n, :2].T)
         table[:n, 2] = score
-        table[n] = (np.nan, np.nan, 0.0)
+        table[n] = _MISSING
         pk = np.array([peak_of[o] for o in keep], np.intp)  # (O', K)
         kp = table.take(pk, 0)  # (O', K, 3)
         return [Skeleton(kp[i], oscore[o], nparts[o], pk[i]) for i, o in enumerate(keep)]
@@ -965,7 +978,7 @@ class _Geometry:
     window: np.ndarray  # (Wn,) flat offsets of the gathered window (rows as decoder._win_rc)
     window_col: np.ndarray  # the same as a (Wn, 1) column
     size_hw: int  # pixels of one channel
-    col_row: np.ndarray  # (2, H * W) column and row of each pixel (raster order)
+    col_row_f: dict  # (2, H * W) column and row of each pixel (raster order), by dtype char
     code: np.ndarray  # (size,) border class of every heatmap element (0: inside)
     invalid: np.ndarray  # (classes, Wn) window offsets beyond the border, per class
     chan: np.ndarray  # (2, E) flat offsets of each edge's PAF x and y channels
@@ -1077,18 +1090,23 @@ def _one_to_one(key_a: np.ndarray, key_b: np.ndarray, num_keys: int) -> np.ndarr
 
 
 def _greedy_union(
-    order: list[int], cand_e: list[int], cand_a: list[int], cand_b: list[int], part: list[int]
+    order: Iterable[int],
+    cand_e: list[int],
+    cand_a: list[int],
+    cand_b: list[int],
+    part: list[int],
+    bits: list[int],
 ):
     """Greedy matching over the candidates ``order`` (positions, sorted by descending score).
 
     An edge is taken unless one of its peaks already has an edge of its type (one-to-one per
     edge type, as ``_one_to_one``); a taken edge joins the objects of its two peaks unless they
-    would then hold two peaks of one part. Returns each peak's union-find root and the accepted
-    candidate positions, in matching order.
+    would then hold two peaks of one part. ``bits[k]`` is ``1 << k`` (part bitmasks). Returns
+    each peak's union-find root and the accepted candidate positions, in matching order.
     """
     n = len(part)
     parent = list(range(n))
-    mask = [1 << p for p in part]  # parts of each root's object
+    mask = list(map(bits.__getitem__, part))  # parts of each root's object
     used = [0] * n  # edge types each peak already has, as bits
     accepted = []
     for i in order:
