@@ -68,6 +68,7 @@ import math
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import compress
 from typing import Any
 
 import numpy as np
@@ -391,11 +392,11 @@ class OpenPoseDecoder:
         part_l = part.tolist()
         if ce.size <= _FLAT_SAMPLES:  # few candidates: Python lists of all, visited in order
             cs_l, ok_l = cscore.tolist(), cok.tolist()
-            order = [j for j in range(len(ok_l)) if ok_l[j]]  # stable sort, descending score
+            order = list(compress(range(len(ok_l)), ok_l))  # stable sort, descending score
             order.sort(key=cs_l.__getitem__, reverse=True)  # (as argsort(-score, "stable"))
             ca_l = ca.tolist()
             roots, acc = _greedy_union(order, ce.tolist(), ca_l, cb.tolist(), part_l, self._bits)
-            acc_a, acc_s = [ca_l[j] for j in acc], [cs_l[j] for j in acc]
+            acc_a, acc_s = list(map(ca_l.__getitem__, acc)), list(map(cs_l.__getitem__, acc))
             accepted = np.array(acc, np.intp) if full else None
         else:  # noise maps: lists of the accepted candidates only, already in order
             okidx = cok.nonzero()[0]
@@ -527,6 +528,7 @@ class OpenPoseDecoder:
             chan_f={t: (chan * pstrides[0]).astype(t) for t in "fd"},
             pick={t: np.array([[sc_, sr_, 1, 0], [sc_, sr_, 0, 1]], t) for t in "fd"},
             bounds={t: np.array([[w - 1], [h - 1]], t) for t in (np.float32, np.float64)},
+            sample_type=np.float32 if c * h * w < 1 << 24 else np.float64,
         )
         self._geometries[key] = g
         return g
@@ -583,6 +585,8 @@ class OpenPoseDecoder:
         code = g.code.take(flat)
         if np.count_nonzero(code):  # some pixels touch the border
             np.copyto(win, -np.inf, where=g.invalid.take(code, 0).T)
+            return win
+        m.inside = True  # (for these pixels; the sparse NMS passes all its candidates)
         return win
 
     def _to_flat(self, m: _Maps, part, row, col):
@@ -698,8 +702,10 @@ class OpenPoseDecoder:
         # sample, a convex combination of two ends, rounds to a pixel inside; float32 (half the
         # memory traffic on noise maps) while it holds every flat offset exactly
         # (casting first is the same: the bounds are exact in both types)
-        ft = np.float32 if m.paf.size < 1 << 24 else np.float64
-        p = np.minimum(np.maximum(pos if pos.dtype == ft else pos.astype(ft), 0), g.bounds[ft])
+        ft = g.sample_type
+        p = pos if pos.dtype == ft else pos.astype(ft)
+        if not m.inside:  # (peaks off the border: within [0.5, size - 1.5] already)
+            p = np.minimum(np.maximum(p, 0), g.bounds[ft])
         t_ = eid.size
         if t_ <= _FLAT_SAMPLES:  # real maps: all samples as flat rows, see _sample
             score, count, length = self._sample(m, p, eid, ia, ib)
@@ -897,6 +903,7 @@ class OpenPoseDecoder:
                 ],
                 np.intp,
             )
+            offs = geo.near[lim] = offs[:, None]  # (D, 1) column
         if offs.size == 0:
             return False
         key = "marks_" + geo.key
@@ -904,10 +911,10 @@ class OpenPoseDecoder:
         if marks is None:  # margin: the largest offset past the end
             size = geo.size + int(offs.max()) + 1
             marks = self._buffers.__dict__[key] = np.zeros(size, bool)
-        marks[pflat] = True
-        hit = marks[offs[:, None] + pflat].any()
-        marks[pflat] = False
-        return bool(hit)
+        marks.put(pflat, True)
+        hit = np.count_nonzero(marks.take(offs + pflat))
+        marks.put(pflat, False)
+        return hit > 0
 
     def _merge_split(self, peak_of, part_sum, edge_sum, score, pos, part, obj):
         """Step 6: merge objects whose common parts are all within threshold_split_score.
@@ -985,6 +992,7 @@ class _Geometry:
     chan_f: dict  # the same by float dtype char
     pick: dict  # (2, 4) PAF flat index of (u, v, x channel, y channel) rows, by dtype char
     bounds: dict  # (2, 1) largest map coordinates (u, v), by float type
+    sample_type: type  # float type of the edge samples: float32 while it holds PAF offsets
     near: dict = field(default_factory=dict)  # split-merge pre-test offsets by radius
 
 
@@ -1001,6 +1009,7 @@ class _Maps:
     chw: bool
     geo: _Geometry
     sorted: bool  # peaks come out grouped by part
+    inside: bool = False  # every peak is off the map border (known from the own sparse NMS)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -1111,10 +1120,10 @@ def _greedy_union(
     accepted = []
     for i in order:
         a, b, bit = cand_a[i], cand_b[i], 1 << cand_e[i]
-        if (used[a] | used[b]) & bit:
+        ua, ub = used[a], used[b]
+        if (ua | ub) & bit:
             continue
-        used[a] |= bit
-        used[b] |= bit
+        used[a], used[b] = ua | bit, ub | bit
         ra = parent[a]
         while parent[ra] != ra:
             ra = parent[ra]
