@@ -315,7 +315,7 @@ class OpenPoseDecoder:
                 self.decode(heatmap[i], paf[i], None if mp is None else mp[i], layout, output_scale)
                 for i in range(heatmap.shape[0])
             ]
-        return self.decode(heatmap, paf, maxpool_heatmap, layout, output_scale)
+        return self._trace(heatmap, paf, maxpool_heatmap, layout, output_scale, False)
 
     def decode(
         self,
@@ -651,8 +651,8 @@ class OpenPoseDecoder:
 
     def _repeats(self, t: int, dtype: str):
         """For T candidates: (S * T,) candidate of each sample (sample-major), (S * T,) sample
-        positions along the segment in ``dtype``, (2, S * T) short-limb window offsets; cached
-        for small T."""
+        positions along the segment and (2, S * T) short-limb window offsets in ``dtype``;
+        cached for small T."""
         key = (t, dtype)
         r = self._reps.get(key)
         if r is None:
@@ -660,7 +660,7 @@ class OpenPoseDecoder:
             r = (
                 np.tile(np.arange(t), s_),
                 np.repeat(self._t.astype(dtype), t),
-                np.repeat(self._win_s, t, axis=1),
+                np.repeat(self._win_s.astype(dtype), t, axis=1),
             )
             if t <= _FLAT_SAMPLES:
                 self._reps[key] = r
@@ -747,9 +747,10 @@ class OpenPoseDecoder:
         pts += r[:2]
         short = length < 1.0
         if np.count_nonzero(short):  # the window around the midpoint, cycled to S samples
-            mid = np.rint(c[2:4] + c[:2] * 0.5)  # (computed for all: fewer calls)
-            win = np.maximum(mid.take(rep, 1) + win_s, 0)
-            np.copyto(pts, np.minimum(win, g.bounds[np.float64]), where=short.take(rep))
+            win = np.rint(c[2:4] + c[:2] * 0.5).take(rep, 1)  # (for all: fewer calls)
+            win += win_s  # small integers: exact in either float type
+            np.maximum(win, 0, out=win)
+            np.copyto(pts, np.minimum(win, g.bounds[p.dtype.type], out=win), where=short.take(rep))
         else:
             short = None
         np.rint(pts, out=pts)
@@ -821,27 +822,35 @@ class OpenPoseDecoder:
         as ``np.bincount`` would form them; merging split objects works on arrays.
         """
         n = len(part)
-        label: dict[int, int] = {}  # root -> object
-        obj = []  # (P,) object of each peak
-        peak_of: list[list[int]] = []  # (O, K) peak index per part
-        part_sum: list[float] = []
-        nparts: list[int] = []
         k = self._k
-        for i, (r, pt, sc) in enumerate(zip(roots, part, score.tolist(), strict=True)):
-            o = label.get(r)
-            if o is None:
-                o = label[r] = len(peak_of)
-                peak_of.append([-1] * k)
-                part_sum.append(0.0)
-                nparts.append(0)
-            obj.append(o)
-            peak_of[o][pt] = i
-            part_sum[o] += sc
-            nparts[o] += 1
-        nobj = len(peak_of)
-        edge_sum = [0.0] * nobj
-        for a, sc in zip(acc_a, acc_s, strict=True):
-            edge_sum[obj[a]] += sc
+        if len(set(roots)) == 1:  # one object (an image with one person)
+            row, ps, es = [-1] * k, 0.0, 0.0
+            for i, (pt, sc) in enumerate(zip(part, score.tolist(), strict=True)):
+                row[pt] = i
+                ps += sc
+            for sc in acc_s:
+                es += sc
+            peak_of, part_sum, edge_sum, nparts, nobj = [row], [ps], [es], [n], 1
+        else:
+            label: dict[int, int] = {}  # root -> object
+            obj = []  # (P,) object of each peak
+            peak_of = []  # (O, K) peak index per part
+            part_sum, nparts = [], []
+            for i, (r, pt, sc) in enumerate(zip(roots, part, score.tolist(), strict=True)):
+                o = label.get(r)
+                if o is None:
+                    o = label[r] = len(peak_of)
+                    peak_of.append([-1] * k)
+                    part_sum.append(0.0)
+                    nparts.append(0)
+                obj.append(o)
+                peak_of[o][pt] = i
+                part_sum[o] += sc
+                nparts[o] += 1
+            nobj = len(peak_of)
+            edge_sum = [0.0] * nobj
+            for a, sc in zip(acc_a, acc_s, strict=True):
+                edge_sum[obj[a]] += sc
         if nobj > 1 and self.threshold_split_score > 0 and self._near_peaks(pflat, geo):
             obj_a = np.array(obj, np.intp)
             po, ps, es = self._merge_split(
