@@ -56,10 +56,16 @@ confidence 1 and infinite PAF values as +-1.
 Speed: numpy calls on whole arrays, none per pixel or per candidate pair; the only Python loops
 run over the accepted edge candidates (matching, with per-peak bitmasks of the edge types taken)
 and the peaks (object labels and sums: on real maps a few dozen items, where each numpy call's
-~1 us overhead would cost more than the loop). The maps are read
-in place (no padded copy): candidates gather their window at fixed flat offsets, and a per-shape
-border class per pixel marks the offsets beyond the border as -inf. A decoder keeps per-shape
-constants and a per-thread scratch buffer between calls; one instance may be shared by threads.
+~0.5-1 us overhead would cost more than the loop). On real maps the time is numpy's per-call
+overhead on tiny arrays, so the steps are written in few calls: the edge samples of up to 256
+candidates are flat sample-major rows (per-candidate rows repeated by one gather; no broadcasting
+over short axes), sums that must match numpy's are formed in the same order, and np.errstate
+(whose context switch slows every later numpy call of the decode by ~5 us) is entered only
+where NaN/inf/huge values can raise warnings. The maps are read in place (no padded copy):
+candidates gather their window at fixed flat offsets, and a per-shape border class per pixel
+marks the offsets beyond the border as -inf. A decoder keeps per-shape constants (offsets,
+pixel columns/rows, validated shapes, output scales, sample index arrays) and a per-thread
+scratch buffer between calls; one instance may be shared by threads.
 """
 
 from __future__ import annotations
@@ -766,8 +772,8 @@ class OpenPoseDecoder:
         """Score, count and length of T candidates from their (2, S * T) PAF samples ``v``."""
         v *= unit
         dot = np.add(v[0], v[1]).reshape(s_, t_)  # (S, T) PAF . unit edge vector
-        if short is not None:
-            dot = np.where(short, np.maximum.reduce(dot, 0), dot)
+        if short is not None:  # each sample of a short limb counts with the window's best
+            np.copyto(dot, np.maximum.reduce(dot, 0), where=short)
         score = np.add.reduce(dot, 0) / s_
         if not math.isfinite(np.add.reduce(score)):  # NaN/inf in the PAF: no evidence there
             dot = np.where(np.isnan(dot), 0.0, np.clip(dot, -1.0, 1.0))

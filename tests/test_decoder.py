@@ -5,12 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
+import inference.decoder as decoder_module
 from datasets.targets import TargetConfig, render_targets
 from datasets.topology import Topology
 from inference.decoder import DEFAULT_PARAMS, OpenPoseDecoder
@@ -424,6 +426,116 @@ def test_degenerate_maps_decode_in_bounded_time(kind, layout):
     if kind in ("ones", "inf"):  # a plateau is one peak per part, at its first pixel
         assert all(s.num_parts <= 18 for s in skeletons)
         assert sum(s.num_parts for s in skeletons) == 18
+
+
+def _same(a, b) -> bool:
+    """Two skeleton lists are identical (NaN keypoints of missing parts compare equal)."""
+    return len(a) == len(b) and all(
+        np.array_equal(s.keypoints, t.keypoints, equal_nan=True)
+        and s.score == t.score
+        and s.num_parts == t.num_parts
+        and np.array_equal(s.peaks, t.peaks)
+        for s, t in zip(a, b, strict=True)
+    )
+
+
+def _sprinkled(rng, heat, paf, n=40):
+    """Copies of the maps with NaN, +inf and -inf at random pixels of both."""
+    heat, paf = heat.copy(), paf.copy()
+    for a in (heat, paf):
+        flat = a.reshape(-1)
+        idx = rng.choice(flat.size, 3 * n, replace=False)
+        flat[idx[:n]], flat[idx[n : 2 * n]], flat[idx[2 * n :]] = np.nan, np.inf, -np.inf
+    return heat, paf
+
+
+def test_no_floating_point_warnings_on_nan_inf_plateaus_and_huge_values():
+    # the decode enters np.errstate only where NaN/inf/huge values can raise warnings (border
+    # or infinite peaks, non-finite or huge PAF samples); everything else must stay quiet
+    rng = np.random.default_rng(4)
+    heat, paf = maps([person(80, 110, jitter=2, seed=3), person(150, 100, 0.8, seed=4)])
+    huge = paf * np.float32(3e37)  # sums of samples overflow float32
+    cases = [(heat, paf), _sprinkled(rng, heat, paf), (heat, huge)]
+    cases.append((np.full_like(heat, np.inf), np.full_like(paf, -np.inf)))
+    for params in ({}, {"refine_method": "centroid"}, {"maxpool_kernel": 5}):
+        dec = OpenPoseDecoder(COCO18, **params)
+        for h, p in cases:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                skeletons = dec(h, p)
+                traced = dec.trace(h, p, maxpool_heatmap=_maxpool(h[None], 3)[0])
+            assert _same(skeletons, dec.trace(h, p).skeletons)
+            assert all(np.isfinite(s.score) for s in skeletons + traced.skeletons)
+    # a given max-pool may make a log-linear ramp a peak: zero curvature, no offset, no 0 / 0
+    ramp = np.zeros((2, 5, 7), np.float32)  # (nothing on the border, which takes another path)
+    ramp[0, 1:4, 1:6] = 0.1
+    ramp[0, 2, 2:5] = 0.25, 0.5, 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        traced = OpenPoseDecoder(ARM).trace(ramp, np.zeros((2, 5, 7), np.float32), ramp)
+    at = (traced.peak_part == 0) & (traced.peak_row == 2) & (traced.peak_col == 3)
+    assert at.sum() == 1 and traced.peak_xy[at][0, 0] == 3.0
+
+
+def test_few_and_many_candidates_are_scored_alike(monkeypatch):
+    # up to _FLAT_SAMPLES candidates are scored as flat sample rows, more (noise maps) in
+    # (2, S, T) blocks; both must give the same candidates, scores and counts, also for short
+    # limbs, border peaks and NaN/inf samples
+    rng = np.random.default_rng(5)
+    truth = [person(60, 100, jitter=3, seed=1), person(170, 90, 0.7, jitter=3, seed=2)]
+    truth.append(person(112, 40, 0.25, seed=6))  # a small person: limbs shorter than a pixel
+    heat, paf = maps(truth)
+    border = heat.copy()
+    border[3, 0, 20] = border[4, 31, 55] = 0.9  # lone peaks on the border
+    for h, p in [(heat, paf), (border, paf), _sprinkled(rng, heat, paf, 3)]:
+        flat = OpenPoseDecoder(COCO18).trace(h, p)
+        assert 0 < flat.cand_edge.size <= decoder_module._FLAT_SAMPLES
+        with monkeypatch.context() as mp:
+            mp.setattr(decoder_module, "_FLAT_SAMPLES", 0)
+            blocks = OpenPoseDecoder(COCO18).trace(h, p)
+        for name in ("cand_edge", "cand_a", "cand_b", "cand_score", "cand_count", "cand_ok"):
+            a, b = getattr(flat, name), getattr(blocks, name)
+            assert a.dtype == b.dtype and np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
+        assert _same(flat.skeletons, blocks.skeletons)
+    short = OpenPoseDecoder(COCO18).trace(heat, paf)
+    d = short.peak_xy[short.cand_b] - short.peak_xy[short.cand_a]
+    assert (np.hypot(*d.T)[short.cand_ok] < 1).any()  # the short-limb samples were exercised
+
+
+def test_cached_shapes_and_scales_still_check_inputs():
+    # a decoder remembers validated shapes and output scales; later bad inputs must still fail
+    # and other sizes, layouts and scales must still be honoured
+    dec = OpenPoseDecoder(COCO18)
+    heat, paf = maps(person(112, 110)[None])
+    first = dec(heat, paf, output_scale=[224, 224])
+    assert len(first) == 1 and _same(dec(heat, paf, output_scale=[224, 224]), first)
+    doubled = dec(heat, paf, output_scale=(448, 448))[0].keypoints
+    np.testing.assert_allclose(doubled[:, :2], 2 * first[0].keypoints[:, :2])
+    with pytest.raises(ValueError, match="output_scale"):
+        dec(heat, paf, output_scale=[224, 0])
+    with pytest.raises(ValueError, match="output_scale"):
+        dec(heat, paf, output_scale=[224, 224, 3])
+    with pytest.raises(ValueError, match=r"paf .*40 channels"):
+        dec(heat, paf[:40])
+    with pytest.raises(ValueError, match="layout"):
+        dec(heat, paf, layout="nchw")
+    with pytest.raises(ValueError, match="part channels"):  # the chw shapes, read as hwc
+        dec(heat, paf, layout="hwc")
+    hwc = dec(heat.transpose(1, 2, 0), paf.transpose(1, 2, 0), layout="hwc")
+    assert _same(hwc, dec(heat, paf))
+
+
+def test_byte_order_and_views_give_the_same_skeletons():
+    heat, paf = maps([person(80, 110, jitter=2, seed=8), person(150, 100, 0.8, seed=9)])
+    dec = OpenPoseDecoder(COCO18)
+    native = dec(heat, paf)
+    swapped = dec(heat.astype(">f4"), paf.astype(">f4"))
+    assert len(native) == 2 and _same(swapped, native)
+    assert all(s.keypoints.dtype == np.float64 for s in swapped)
+    wide_h = np.zeros((18, 56, 112), np.float32)
+    wide_p = np.zeros((42, 56, 112), np.float32)
+    wide_h[:, :, ::2], wide_p[:, :, ::2] = heat, paf  # strided views of the same maps
+    assert _same(dec(wide_h[:, :, ::2], wide_p[:, :, ::2]), native)
 
 
 def test_decoder_does_not_import_torch():
