@@ -393,7 +393,10 @@ def build_dataset(
         augment=AugmentConfig.from_config(data.get("augment")) if train else None,
         aspect=str(data.get("aspect", "squash")),
         render_targets=not bool(data.get("targets_on_device", False)),
-        skip_empty=bool(data.get("skip_empty", True)),
+        # validation keeps images without people (their false positives count), as inference.eval
+        skip_empty=bool(
+            data.get("skip_empty", True) if train else data.get("val_skip_empty", False)
+        ),
         max_upsample=float(data.get("max_upsample", 1.0)),
         category=data.get("category"),
     )

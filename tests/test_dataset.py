@@ -444,6 +444,13 @@ def test_build_dataset_and_loader(coco_mini):
     assert train.targets == TargetConfig(stride=8, sigma=1.5) and train.map_size == (16, 12)
     val = build_dataset(cfg["data"], "val", topo, targets=TargetConfig())
     assert val.augment is None and val.map_size == (32, 24)
+    # validation scores every image (79 in coco-mini val, 32 with people), training only those
+    # with a labelled person; data.val_skip_empty=true restricts validation too
+    assert len(val) == 79
+    cfg["data"]["val_skip_empty"] = True
+    assert len(build_dataset(cfg["data"], "val", topo, targets=TargetConfig())) == 32
+    cfg["data"]["skip_empty"] = False
+    assert len(build_dataset(cfg, "train", topo)) == 80 > len(train)
     loader = torch.utils.data.DataLoader(train, batch_size=4, num_workers=2, collate_fn=collate)
     batch = next(iter(loader))
     assert batch["image"].shape == (4, 3, 128, 96) and "heatmap" not in batch
