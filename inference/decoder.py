@@ -772,6 +772,12 @@ class OpenPoseDecoder:
         """Score, count and length of T candidates from their (2, S * T) PAF samples ``v``."""
         v *= unit
         dot = np.add(v[0], v[1]).reshape(s_, t_)  # (S, T) PAF . unit edge vector
+        score, count = self._score_dot(dot, short, s_)
+        return score, count, length
+
+    def _score_dot(self, dot, short, s_):
+        """Score and count of T candidates from their (S, T) samples of PAF . unit edge vector
+        (``dot`` is overwritten); ``short``: the candidates sampled in a midpoint window."""
         if short is not None:  # each sample of a short limb counts with the window's best
             np.copyto(dot, np.maximum.reduce(dot, 0), where=short)
         score = np.add.reduce(dot, 0) / s_
@@ -779,7 +785,7 @@ class OpenPoseDecoder:
             dot = np.where(np.isnan(dot), 0.0, np.clip(dot, -1.0, 1.0))
             score = dot.sum(0) / s_
         count = np.add.reduce(dot > self.threshold_edge_score, 0)
-        return score, count, length
+        return score, count
 
     def _sample_blocks(self, m: _Maps, p, eid, ia, ib):
         """``_sample`` for many candidates: (2, S, T) arrays, broadcasting over long T rows, the
@@ -809,13 +815,7 @@ class OpenPoseDecoder:
         vy = m.paf.take(chan[1] + off)
         vy *= unit[1]
         dot += vy
-        if short is not None:
-            dot = np.where(short, np.maximum.reduce(dot, 0), dot)
-        score = np.add.reduce(dot, 0) / s_
-        if not math.isfinite(np.add.reduce(score)):  # NaN/inf in the PAF: no evidence there
-            dot = np.where(np.isnan(dot), 0.0, np.clip(dot, -1.0, 1.0))
-            score = dot.sum(0) / s_
-        count = np.add.reduce(dot > self.threshold_edge_score, 0)
+        score, count = self._score_dot(dot, short, s_)
         return score, count, length
 
     def _objects(self, part, score, pos, pflat, geo, roots, acc_a, acc_s, h, w, scale):

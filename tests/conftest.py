@@ -1,4 +1,5 @@
-"""Shared fixtures: the real COCO subset in ../shared/data/coco-mini, and a CUDA skip marker."""
+"""Shared fixtures: the real COCO subset in ../shared/data/coco-mini, one torch thread for tests
+of small tensors, and a CUDA skip marker."""
 
 from __future__ import annotations
 
@@ -9,6 +10,17 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 COCO_MINI = Path(os.environ.get("COCO_MINI", REPO.parent / "shared" / "data" / "coco-mini"))
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Small tensors: one torch thread (OpenMP threads oversubscribe a busy shared machine)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

@@ -22,13 +22,7 @@ CONF = Path(__file__).resolve().parent.parent / "conf" / "model"
 TOPO = Topology.named("coco18")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one torch thread (OpenMP threads oversubscribe a busy shared machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def model_cfg(name: str, **over) -> dict:

@@ -17,13 +17,7 @@ from train.loop import masked_mse, resolve_amp, run
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one torch thread (OpenMP threads oversubscribe a busy shared machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_cfg(out_dir: Path, **over) -> dict:
