@@ -10,6 +10,7 @@ writes a statically quantised ``<name>.int8.onnx`` for CPU inference (``export.q
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import sys
 from collections.abc import Mapping
@@ -54,14 +55,14 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     info = dataclasses.replace(info, layout=str(cfg.get("layout", "nhwc")))
 
     deconv_as_conv = bool(cfg.get("deconv_as_conv", False))
-    export_onnx(
+    export_to = functools.partial(  # (path, deconv_as_conv=...): one graph spec for every file
+        export_onnx,
         model,
         info,
-        output,
         dynamic_batch=bool(cfg.get("dynamic_batch", True)),
         opset=int(cfg.get("opset", 17)),
-        deconv_as_conv=deconv_as_conv,
     )
+    export_to(output, deconv_as_conv=deconv_as_conv)
     check_onnx(output)
     parity_cfg = cfg.get("parity") or {}
     folders = [resolve_path(p) for p in parity_cfg.get("images") or []]
@@ -102,14 +103,7 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
             # ONNX Runtime cannot quantise ConvTranspose and runs it with a slow col2im: the
             # INT8 model is quantised from the exact 2x2 Conv + pixel-shuffle rewrite
             q_src = output.with_name(output.stem + ".subpixel.tmp.onnx")
-            export_onnx(
-                model,
-                info,
-                q_src,
-                dynamic_batch=bool(cfg.get("dynamic_batch", True)),
-                opset=int(cfg.get("opset", 17)),
-                deconv_as_conv=True,
-            )
+            export_to(q_src, deconv_as_conv=True)
         try:
             quantize_int8(q_src, q_out, q_folders, count=int(q_cfg.get("count", 32)))
         finally:
