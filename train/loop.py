@@ -511,7 +511,12 @@ def run(
     cfg = _as_plain(cfg)
     dist = du.init_distributed(str(cfg.get("device", "auto")))
     try:
-        return _run(cfg, dist, out_dir, train_set, val_set, collate_fn)
+        summary = _run(cfg, dist, out_dir, train_set, val_set, collate_fn)
+        # ranks leave together: a rank that tears down its gloo connections while rank 0 is
+        # still writing the summary can abort rank 0's teardown ("terminate called without an
+        # active exception", seen once in CI); after an error there is no barrier (it could hang)
+        du.barrier()
+        return summary
     finally:
         du.cleanup()
 
