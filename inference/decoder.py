@@ -70,6 +70,7 @@ scratch buffer between calls; one instance may be shared by threads.
 
 from __future__ import annotations
 
+import importlib
 import math
 import threading
 from collections.abc import Iterable, Mapping
@@ -164,6 +165,28 @@ class DecodeTrace:
     cand_ok: np.ndarray
     accepted: np.ndarray
     skeletons: list[Skeleton]
+
+
+DEFAULT_TARGET = "inference.decoder.OpenPoseDecoder"
+
+
+def build_decoder(decoder_cfg: Mapping[str, Any] | None, topology: Topology) -> Any:
+    """The one way to build a decoder from a ``conf/decoder`` node (plain dict or DictConfig).
+
+    ``_target_`` (optional, default ``inference.decoder.OpenPoseDecoder``) names the decoder
+    class as ``module.Name``; it is called as ``from_config(params, topology)`` when it has one,
+    else ``cls(topology, **params)``. Every other key is a decoder parameter.
+    """
+    cfg = {str(k): v for k, v in (decoder_cfg or {}).items()}
+    target = cfg.pop("_target_", None) or DEFAULT_TARGET
+    module_name, _, name = str(target).rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ValueError(f"decoder _target_ {target!r} cannot be imported: {e}") from e
+    if hasattr(cls, "from_config"):
+        return cls.from_config(cfg, topology)
+    return cls(topology, **cfg)
 
 
 class OpenPoseDecoder:
@@ -275,8 +298,9 @@ class OpenPoseDecoder:
     def from_config(
         cls, decoder_cfg: Mapping[str, Any] | None, topology: Topology
     ) -> OpenPoseDecoder:
-        """Build from a ``conf/decoder`` node (plain dict or DictConfig); unknown keys are errors."""
-        cfg = dict(decoder_cfg or {})
+        """Build from a ``conf/decoder`` node (plain dict or DictConfig); unknown keys are errors
+        (``_target_`` is ``build_decoder``'s and ignored here)."""
+        cfg = {k: v for k, v in (decoder_cfg or {}).items() if k != "_target_"}
         if "output_scale" in cfg and cfg["output_scale"] is not None:
             cfg["output_scale"] = list(cfg["output_scale"])
         return cls(topology, **cfg)

@@ -545,6 +545,7 @@ def test_decoder_does_not_import_torch():
 
 def test_defaults_match_the_config_file():
     cfg = yaml.safe_load((REPO / "conf" / "decoder" / "default.yaml").read_text())
+    assert cfg.pop("_target_") == "inference.decoder.OpenPoseDecoder"
     assert cfg == DEFAULT_PARAMS
     assert OpenPoseDecoder.from_config(cfg, COCO18).params == DEFAULT_PARAMS
 
@@ -555,3 +556,26 @@ def _maxpool(heat: np.ndarray, k: int) -> np.ndarray:
     padded = np.pad(heat, ((0, 0), (0, 0), (r, r), (r, r)), constant_values=-np.inf)
     win = np.lib.stride_tricks.sliding_window_view(padded, (k, k), axis=(2, 3))
     return win.max(axis=(-1, -2))
+
+
+def test_build_decoder_default_target_and_params():
+    from inference.decoder import build_decoder
+
+    dec = build_decoder({"threshold_heatmap": 0.2}, COCO18)
+    assert isinstance(dec, OpenPoseDecoder) and dec.threshold_heatmap == 0.2
+    dec = build_decoder({"_target_": "inference.decoder.OpenPoseDecoder"}, COCO18)
+    assert dec.params == DEFAULT_PARAMS
+    with pytest.raises(ValueError, match="_target_"):
+        build_decoder({"_target_": "inference.nope.Decoder"}, COCO18)
+    with pytest.raises(ValueError, match="unknown"):
+        build_decoder({"bogus": 1}, COCO18)
+
+
+def test_conf_decoder_default_builds():
+    from omegaconf import OmegaConf
+
+    from inference.decoder import build_decoder
+
+    cfg = OmegaConf.load(Path(__file__).parents[1] / "conf" / "decoder" / "default.yaml")
+    assert cfg["_target_"] == "inference.decoder.OpenPoseDecoder"
+    assert isinstance(build_decoder(cfg, COCO18), OpenPoseDecoder)

@@ -693,11 +693,11 @@ def _yaml(cfg: Mapping[str, Any]) -> str:
 def _maybe_decoder(cfg: Mapping[str, Any], topology: Topology) -> Any:
     """The project decoder for image panels and val AP, or None when it is not installed."""
     try:
-        from inference.decoder import OpenPoseDecoder
+        from inference.decoder import build_decoder
     except ImportError:
         log.info("inference.decoder not available: no decoded skeletons or val AP")
         return None
-    return OpenPoseDecoder.from_config(cfg.get("decoder") or {}, topology)
+    return build_decoder(cfg.get("decoder") or {}, topology)
 
 
 def _val_category(cfg: Mapping[str, Any], topology: Topology) -> dict[str, Any]:
