@@ -11,6 +11,7 @@ metadata -> decoder config. Every stage rebuilds it with ``Topology.from_dict``.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,13 +23,45 @@ import yaml
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf" / "topology"
 
 
+# COCO's per-keypoint OKS falloffs (pycocotools Params.kpt_oks_sigmas), by keypoint name
+COCO_SIGMAS = {
+    "nose": 0.026,
+    "left_eye": 0.025,
+    "right_eye": 0.025,
+    "left_ear": 0.035,
+    "right_ear": 0.035,
+    "left_shoulder": 0.079,
+    "right_shoulder": 0.079,
+    "left_elbow": 0.072,
+    "right_elbow": 0.072,
+    "left_wrist": 0.062,
+    "right_wrist": 0.062,
+    "left_hip": 0.107,
+    "right_hip": 0.107,
+    "left_knee": 0.087,
+    "right_knee": 0.087,
+    "left_ankle": 0.089,
+    "right_ankle": 0.089,
+    # trt_pose's neck is the shoulders' midpoint: it gets the shoulders' falloff
+    "neck": 0.079,
+}
+# OKS falloff of a keypoint name COCO does not know: the mean of COCO's 17 (0.0625), a middling
+# joint. Override per topology with `sigmas: [...]` (one per label) or `default_sigma`.
+DEFAULT_SIGMA = 0.0625
+
+
 @dataclass(frozen=True)
 class Topology:
     """Parts and directed edges of an articulated object.
 
     Edge ``i`` points from part ``edges[i][0]`` to part ``edges[i][1]``; its field's horizontal
     (x) component lives in PAF channel ``edges_paf[i][0]`` and its vertical (y) component in
-    ``edges_paf[i][1]``.
+    ``edges_paf[i][1]``. Without ``edges_paf`` the layout is trt_pose's: edge i's x in channel
+    2i+1 and y in 2i (``[[1, 0], [3, 2], ...]``, as the Isaac trt_pose app configures it).
+
+    ``sigmas`` are the OKS falloffs per label (default: COCO's by name, ``DEFAULT_SIGMA``
+    otherwise); ``hflip`` is false when a horizontal flip would swap unpaired left/right parts
+    (auto-derived topologies without recognisable side names), and training then does not flip.
     """
 
     labels: tuple[str, ...]
@@ -36,15 +69,20 @@ class Topology:
     edges_paf: tuple[tuple[int, int], ...] = ()
     flip_pairs: tuple[tuple[int, int], ...] = ()
     name: str = "custom"
+    sigmas: tuple[float, ...] = ()
+    hflip: bool = True
     # COCO ids of the category this topology was built from, when there was one
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", tuple(str(x) for x in self.labels))
         object.__setattr__(self, "edges", tuple((int(a), int(b)) for a, b in self.edges))
-        paf = self.edges_paf or tuple((2 * i, 2 * i + 1) for i in range(len(self.edges)))
+        paf = self.edges_paf or tuple((2 * i + 1, 2 * i) for i in range(len(self.edges)))
         object.__setattr__(self, "edges_paf", tuple((int(a), int(b)) for a, b in paf))
         object.__setattr__(self, "flip_pairs", tuple((int(a), int(b)) for a, b in self.flip_pairs))
+        sigmas = self.sigmas or default_sigmas(self.labels)
+        object.__setattr__(self, "sigmas", tuple(float(s) for s in sigmas))
+        object.__setattr__(self, "hflip", bool(self.hflip))
         self.validate()
 
     # ---------------------------------------------------------------- shape
@@ -85,6 +123,11 @@ class Topology:
                 f"topology {self.name!r}: edges_paf must use each channel 0..{2 * self.num_edges - 1}"
                 f" exactly once, got {[list(p) for p in self.edges_paf]}"
             )
+        if len(self.sigmas) != k or not all(s > 0 and math.isfinite(s) for s in self.sigmas):
+            raise ValueError(
+                f"topology {self.name!r}: sigmas must be {k} positive numbers (one per label), "
+                f"got {list(self.sigmas)}"
+            )
         seen: set[int] = set()
         for a, b in self.flip_pairs:
             if not (0 <= a < k and 0 <= b < k) or a == b or a in seen or b in seen:
@@ -107,6 +150,8 @@ class Topology:
             "edges": [list(e) for e in self.edges],
             "edges_paf": [list(e) for e in self.edges_paf],
             "flip_pairs": [list(p) for p in self.flip_pairs],
+            "sigmas": list(self.sigmas),
+            "hflip": self.hflip,
         }
 
     @classmethod
@@ -124,6 +169,8 @@ class Topology:
             edges_paf=tuple(tuple(e) for e in (d.get("edges_paf") or ())),
             flip_pairs=tuple(tuple(p) for p in (d.get("flip_pairs") or ())),
             name=str(d.get("name", "custom")),
+            sigmas=tuple(d.get("sigmas") or ()),
+            hflip=bool(d.get("hflip", True)),
         )
 
     @classmethod
@@ -147,9 +194,9 @@ class Topology:
     ) -> Topology:
         """Topology of a COCO keypoint category: ``keypoints`` names and 1-based ``skeleton``.
 
-        Each skeleton link ``[a, b]`` becomes the directed edge ``a-1 -> b-1`` with PAF channels
-        ``2i, 2i+1``. Flip pairs are taken as given, or else matched by name: ``left_x``/``right_x``,
-        ``l_x``/``r_x`` and ``LeftX``/``RightX`` pair up.
+        Each skeleton link ``[a, b]`` becomes the directed edge ``a-1 -> b-1`` with trt_pose's PAF
+        channels (x in 2i+1, y in 2i). Flip pairs are taken as given, or else matched by name
+        (``pairs_by_name``); with none found, ``hflip`` is false.
         """
         names = list(category.get("keypoints") or [])
         skeleton = category.get("skeleton") or []
@@ -166,12 +213,13 @@ class Topology:
                     f" pair of 1-based keypoint indices in 1..{len(names)}"
                 )
             edges.append((int(link[0]) - 1, int(link[1]) - 1))
-        pairs = [tuple(p) for p in flip_pairs] if flip_pairs is not None else _pairs_by_name(names)
+        pairs = [tuple(p) for p in flip_pairs] if flip_pairs is not None else pairs_by_name(names)
         topo = cls(
             labels=tuple(names),
             edges=tuple(edges),
             flip_pairs=tuple(pairs),
             name=str(category.get("name", "custom")),
+            hflip=flip_pairs is not None or bool(pairs),
         )
         topo.meta["category_id"] = category.get("id")
         return topo
@@ -180,7 +228,8 @@ class Topology:
         """The COCO category record of this topology (1-based ``skeleton``).
 
         COCO's skeleton carries no PAF channel order; it is exact only for the default order
-        (edge i -> channels 2i, 2i+1), which every topology built from a category has.
+        (trt_pose's, edge i -> channels 2i+1 (x), 2i (y)), which every topology built from a
+        category has.
         """
         return {
             "id": category_id,
@@ -191,24 +240,106 @@ class Topology:
         }
 
 
-_SIDE = [
-    (re.compile(r"^left_(.+)$"), "right_{}"),
-    (re.compile(r"^l_(.+)$"), "r_{}"),
-    (re.compile(r"^Left(.+)$"), "Right{}"),
-    (re.compile(r"^left(.+)$"), "right{}"),
-]
+def canonical_name(name: str) -> str:
+    """A keypoint name in COCO's spelling where it is one: ``L_Eye``, ``leftEye``, ``Left Eye``
+    -> ``left_eye`` (lower case, words joined by ``_``, a leading side letter spelt out)."""
+    words = [w.lower() for w in _WORD.findall(str(name))]
+    if len(words) > 1 and words[0] in ("l", "r"):
+        words[0] = "left" if words[0] == "l" else "right"
+    return "_".join(words)
 
 
-def _pairs_by_name(names: Sequence[str]) -> list[tuple[int, int]]:
-    index = {n: i for i, n in enumerate(names)}
-    pairs = []
+def default_sigmas(labels: Sequence[str]) -> tuple[float, ...]:
+    """OKS falloff per label: COCO's for the names COCO knows (any spelling), else DEFAULT_SIGMA."""
+    return tuple(COCO_SIGMAS.get(canonical_name(n), DEFAULT_SIGMA) for n in labels)
+
+
+# words of a name: "forelegL1" -> foreleg, L, 1; "L_Eye" -> L, Eye; "LeftEye" -> Left, Eye
+_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
+_OTHER_SIDE = {"left": "right", "right": "left", "l": "r", "r": "l"}
+
+
+def _other_side_names(name: str) -> list[str]:
+    """Every spelling of ``name`` with one side word (left/right/l/r) swapped, same case."""
+    out = []
+    for m in _WORD.finditer(name):
+        word = m.group()
+        other = _OTHER_SIDE.get(word.lower())
+        if other is None:
+            continue
+        if word.isupper():
+            other = other.upper()
+        elif word[0].isupper():
+            other = other.capitalize()
+        out.append(name[: m.start()] + other + name[m.end() :])
+    return out
+
+
+def pairs_by_name(names: Sequence[str]) -> list[tuple[int, int]]:
+    """Left/right part pairs found by name, case-insensitive: ``left_eye``/``right_eye``,
+    ``l_knee``/``r_knee``, ``L_Eye``/``R_Eye``, ``eye_L``/``eye_R``, ``LeftEye``/``RightEye``,
+    ``forelegL1``/``forelegR1``. Side words are found at word boundaries (``_``, case changes,
+    digits), so ``rear`` or ``leg`` never count as sides."""
+    exact = {n: i for i, n in enumerate(names)}
+    folded = {n.lower(): i for i, n in enumerate(names)}
+    pairs: list[tuple[int, int]] = []
+    used: set[int] = set()
     for i, n in enumerate(names):
-        for pattern, other in _SIDE:
-            m = pattern.match(n)
-            if m and other.format(m.group(1)) in index:
-                pairs.append((i, index[other.format(m.group(1))]))
+        if i in used:
+            continue
+        for other in _other_side_names(n):
+            j = exact.get(other, folded.get(other.lower()))
+            if j is not None and j != i and j not in used:
+                pairs.append((i, j))
+                used.update((i, j))
                 break
     return pairs
+
+
+def _union_find(num_parts: int, edges: Sequence[Sequence[int]]) -> tuple[list[int], Any]:
+    """Parent table and ``find`` of the pieces that ``edges`` join (path-halving union-find)."""
+    root = list(range(num_parts))
+
+    def find(i: int) -> int:
+        while root[i] != i:
+            root[i] = root[root[i]]
+            i = root[i]
+        return i
+
+    for a, b in edges:
+        root[find(int(a))] = find(int(b))
+    return root, find
+
+
+def components(num_parts: int, edges: Sequence[Sequence[int]]) -> list[list[int]]:
+    """Connected pieces of the (undirected) skeleton graph, each a sorted list of part indices."""
+    _, find = _union_find(num_parts, edges)
+    pieces: dict[int, list[int]] = {}
+    for i in range(num_parts):
+        pieces.setdefault(find(i), []).append(i)
+    return sorted(pieces.values())
+
+
+def joining_edges(
+    num_parts: int, edges: Sequence[Sequence[int]], distance: Any
+) -> list[tuple[int, int]]:
+    """The fewest edges that join the skeleton's pieces into one: a minimum spanning tree over the
+    pieces (Kruskal), where joining parts a and b costs ``distance[a][b]`` (e.g. their mean
+    distance in the annotations; inf where never seen together, still usable as a last resort).
+    Each new edge points from the lower index to the higher."""
+    root, find = _union_find(num_parts, edges)
+    candidates = sorted(
+        (float(distance[a][b]) if math.isfinite(float(distance[a][b])) else math.inf, a, b)
+        for a in range(num_parts)
+        for b in range(a + 1, num_parts)
+    )
+    added = []
+    for _, a, b in candidates:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            root[ra] = rb
+            added.append((a, b))
+    return added
 
 
 def topology_from_config(cfg: Mapping[str, Any]) -> Topology:

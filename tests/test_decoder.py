@@ -22,7 +22,10 @@ COCO18 = Topology.named("coco18")
 # Isaac's example: labels Wrist, Elbow; one edge Elbow -> Wrist whose field's horizontal
 # component is in PAF channel 1 and vertical in channel 0
 ARM = Topology(labels=("Wrist", "Elbow"), edges=((1, 0),), edges_paf=((1, 0),), name="arm")
-CHAIN = Topology(labels=("a", "b", "c"), edges=((0, 1), (1, 2)), name="chain")
+# x in channel 2i, y in 2i+1: the order segment_field stacks them
+CHAIN = Topology(
+    labels=("a", "b", "c"), edges=((0, 1), (1, 2)), edges_paf=((0, 1), (2, 3)), name="chain"
+)
 STRIDE = 4
 # a standing person, coco18 order, offsets in input pixels from the hips' centre
 _POSE = np.array(

@@ -62,7 +62,7 @@ def test_export_nhwc_names_metadata_parity(ckpt, tmp_path, coco_mini):
 
     dec = json.loads(result["decoder_config"].read_text())
     assert dec["labels"][17] == "neck" and dec["edges"][0] == [15, 13]
-    assert dec["edges_paf"][20] == [40, 41] and dec["output_scale"] == list(INPUT_SIZE)
+    assert dec["edges_paf"][20] == [41, 40] and dec["output_scale"] == list(INPUT_SIZE)
     assert dec["threshold_heatmap"] == 0.05
 
 

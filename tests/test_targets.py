@@ -18,7 +18,8 @@ from datasets.targets import (
 )
 from datasets.topology import Topology
 
-ARM = Topology(labels=("Wrist", "Elbow"), edges=((1, 0),), name="arm")
+# x in channel 0, y in 1, so the assertions below read paf[0] as x
+ARM = Topology(labels=("Wrist", "Elbow"), edges=((1, 0),), edges_paf=((0, 1),), name="arm")
 CFG = TargetConfig(stride=4, sigma=1.0, paf_width=1.0)
 
 
@@ -73,7 +74,9 @@ def test_invisible_and_outside_keypoints_contribute_nothing():
         [[at_map(3, 3, vis=0), [-1.0, 10.0, 2], [10.0, 20 * 4 + 0.1, 2], [np.nan, 5, 2]]],
         np.float32,
     )
-    heat, paf = render_targets(kp, Topology(("a", "b", "c", "d"), ((0, 1), (1, 2))), (20, 20), CFG)
+    heat, paf = render_targets(
+        kp, Topology(("a", "b", "c", "d"), ((0, 1), (1, 2)), ((0, 1), (2, 3))), (20, 20), CFG
+    )
     assert not heat.any() and not paf.any()
 
 

@@ -12,6 +12,13 @@ TRT_POSE_SKELETON = [
     [16, 14], [14, 12], [17, 15], [15, 13], [12, 13], [6, 8], [7, 9], [8, 10], [9, 11], [2, 3],
     [1, 2], [1, 3], [2, 4], [3, 5], [4, 6], [5, 7], [18, 1], [18, 6], [18, 7], [18, 12], [18, 13],
 ]  # fmt: skip
+# The Isaac trt_pose app's OpenPoseDecoder "edges_paf": [horizontal, vertical] channels per edge;
+# trt_pose renders link k's row (vertical) component in channel 2k and its column one in 2k+1.
+ISAAC_TRT_POSE_EDGES_PAF = [
+    [1, 0], [3, 2], [5, 4], [7, 6], [9, 8], [11, 10], [13, 12], [15, 14], [17, 16], [19, 18],
+    [21, 20], [23, 22], [25, 24], [27, 26], [29, 28], [31, 30], [33, 32], [35, 34], [37, 36],
+    [39, 38], [41, 40],
+]  # fmt: skip
 COCO_KEYPOINTS = [
     "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
     "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip",
@@ -28,8 +35,19 @@ def test_coco18_matches_trt_pose_links():
     assert t.num_parts == 18 and t.num_edges == 21
     assert list(t.labels[:17]) == COCO_KEYPOINTS and t.labels[17] == "neck"
     assert [[a + 1, b + 1] for a, b in t.edges] == TRT_POSE_SKELETON
-    # trt_pose gives link i the PAF channels 2i (x) and 2i+1 (y)
-    assert t.edges_paf == tuple((2 * i, 2 * i + 1) for i in range(21))
+    assert [list(p) for p in t.edges_paf] == ISAAC_TRT_POSE_EDGES_PAF
+
+
+def test_coco18_is_the_isaac_trt_pose_decoder_config():
+    # labels, edges and edges_paf of the Isaac trt_pose app's OpenPoseDecoder, value for value
+    t = Topology.named("coco18")
+    assert list(t.labels) == COCO_KEYPOINTS + ["neck"]
+    assert [list(e) for e in t.edges] == [[a - 1, b - 1] for a, b in TRT_POSE_SKELETON]
+    assert [list(p) for p in t.edges_paf] == ISAAC_TRT_POSE_EDGES_PAF
+    assert ISAAC_TRT_POSE_EDGES_PAF[:2] == [[1, 0], [3, 2]] and ISAAC_TRT_POSE_EDGES_PAF[-1] == [
+        41,
+        40,
+    ]
 
 
 def test_coco18_is_coco_skeleton_minus_cross_links_plus_neck():
@@ -61,8 +79,8 @@ def test_topology_from_coco_category_arm():
     t = Topology.from_coco_category(cat)
     assert t.labels == ("Wrist", "Elbow")
     assert t.edges == ((1, 0),)
-    assert t.edges_paf == ((0, 1),)
-    assert t.flip_pairs == ()
+    assert t.edges_paf == ((1, 0),)  # the reference's "edges_paf": [[1, 0]]
+    assert t.flip_pairs == () and not t.hflip  # no side names: no horizontal flip
     assert t.meta["category_id"] == 3
     assert Topology.from_dict(t.to_dict()) == t
     assert t.to_coco_category(category_id=3)["skeleton"] == [[2, 1]]
