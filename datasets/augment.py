@@ -141,8 +141,3 @@ def color_matrix(
 def flip_keypoints(keypoints: np.ndarray, permutation: list[int]) -> np.ndarray:
     """Relabel parts after a mirror: new part i is old part ``permutation[i]``; (N, K, 3)."""
     return keypoints[:, permutation]
-
-
-def max_scale(m: np.ndarray) -> float:
-    """Largest stretch factor of the affine's linear part (its top singular value)."""
-    return float(np.linalg.svd(np.asarray(m)[:, :2], compute_uv=False)[0])

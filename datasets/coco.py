@@ -40,11 +40,20 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
-from datasets.augment import AugmentConfig, color_matrix, flip_keypoints, max_scale, sample_affine
-from datasets.geometry import ASPECT_POLICIES, compose, cv2_matrix, warp_image
+from datasets.augment import AugmentConfig, color_matrix, flip_keypoints, sample_affine
+from datasets.files import resolve_path
+from datasets.geometry import (
+    ASPECT_POLICIES,
+    compose,
+    cv2_matrix,
+    decode_reduction,
+    warp_image,
+)
 from datasets.neck import add_neck
+from datasets.synthetic import ensure
 from datasets.targets import (
     TargetConfig,
     ignore_mask,
@@ -243,11 +252,7 @@ class CocoKeypoints(Dataset):
         h, w = rec["hw"]
         hi, wi = self.input_size
         matrix, flipped = sample_affine((h, w), self.input_size, self.aspect, self.augment, rng)
-        # the largest 1/r decode whose pixels the warp magnifies at most max_upsample times
-        stretch = max_scale(matrix)
-        r = 1
-        while r < 8 and 2 * r * stretch <= self.max_upsample:
-            r *= 2
+        r = decode_reduction(matrix, self.max_upsample)
         t = self._tick("sample", t)
         if self.timings is not None:  # how often each decode size is used (benchmark)
             self.timings[f"count_1/{r}"] = self.timings.get(f"count_1/{r}", 0) + 1
@@ -301,8 +306,6 @@ class CocoKeypoints(Dataset):
         Rasterising every polygon again costs more than the rest of the sample, so the mask is
         kept per image as one compressed RLE (a few hundred bytes) and decoded on later visits.
         """
-        from pycocotools import mask as mask_utils
-
         rle = rec.get("ignore_rle")
         if rle is None:
             h, w = rec["hw"]
@@ -352,11 +355,6 @@ def collate(samples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _path(p: Any) -> Path:
-    path = Path(str(p)).expanduser()
-    return path if path.is_absolute() else Path.cwd() / path  # no chdir: launch dir
-
-
 def build_dataset(
     cfg: Mapping[str, Any],
     split: str,
@@ -380,13 +378,11 @@ def build_dataset(
     if not isinstance(targets, TargetConfig):
         targets = TargetConfig.from_config(targets)
     if data.get("synthetic") is not None:
-        from datasets.synthetic import ensure
-
         ensure(data)
     train = split == "train"
     return CocoKeypoints(
-        annotations=_path(data[f"{split}_annotations"]),
-        images=_path(data[f"{split}_images"]),
+        annotations=resolve_path(data[f"{split}_annotations"]),
+        images=resolve_path(data[f"{split}_images"]),
         topology=topology,
         input_size=tuple(data.get("input_size", (224, 224))),
         targets=targets,

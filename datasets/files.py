@@ -1,9 +1,13 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of either.
+"""Files: user paths, image folders and atomic writes.
 
-Every stage writes its outputs (annotation files, stamps, configs, results, decoder configs)
-through these two functions: data goes to a temporary file in the destination's folder, which
-then replaces the destination with ``os.replace`` (atomic on POSIX within one filesystem); a
+Atomic writes: a reader sees the old file or the new one, never half of either. Every stage writes
+its outputs (annotation files, stamps, configs, results, decoder configs) through
+``atomic_write_text`` / ``write_json``: data goes to a temporary file in the destination's folder,
+which then replaces the destination with ``os.replace`` (atomic on POSIX within one filesystem); a
 failure removes the temporary file.
+
+User paths: the Hydra apps do not change directory, and every path a user types is resolved
+against the launch directory with ``resolve_path``.
 """
 
 from __future__ import annotations
@@ -12,24 +16,49 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from hydra.utils import to_absolute_path
 
-def _atomic(path: str | Path, write: Callable[[IO[str]], None]) -> Path:
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def resolve_path(p: str | Path | None) -> Path | None:
+    """A user path (``~`` expanded) made absolute against the launch directory, as
+    ``hydra.utils.to_absolute_path`` does inside or outside a Hydra app; None for None or ""."""
+    if p is None or str(p) == "":
+        return None
+    return Path(to_absolute_path(os.path.expanduser(str(p))))
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files (``IMAGE_SUFFIXES``) directly in ``folder``, sorted by name."""
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary file name beside ``path`` for a writer that needs a name (``torch.save``, the
+    ONNX exporter); it replaces ``path`` when the block ends without an exception, else it is
+    removed. The folder is created if needed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            write(f)
+        yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        raise
-    return path
+
+
+def _atomic(path: str | Path, write: Callable[[IO[str]], None]) -> Path:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        write(f)
+    return Path(path)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

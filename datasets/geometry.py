@@ -63,6 +63,26 @@ def cv2_matrix(m: np.ndarray) -> np.ndarray:
     return compose(shift_out, compose(np.asarray(m, dtype=np.float64), shift_in))
 
 
+def max_scale(m: np.ndarray) -> float:
+    """Largest stretch factor of the affine's linear part (its top singular value)."""
+    return float(np.linalg.svd(np.asarray(m)[:, :2], compute_uv=False)[0])
+
+
+def decode_reduction(m: np.ndarray, max_upsample: float = 1.0) -> int:
+    """The reduced-decode factor r (1, 2, 4 or 8) for an image warped by ``m``.
+
+    The largest power of two such that the warp magnifies the pixels of the image reduced 1/r at
+    most ``max_upsample`` times; training's loader (a 1/r JPEG decode) and deployment's
+    pre-processing (an area-averaged 1/r resize) both use it, so the network sees the same
+    picture statistics in both.
+    """
+    stretch = max_scale(m)
+    r = 1
+    while r < 8 and 2 * r * stretch <= max_upsample:
+        r *= 2
+    return r
+
+
 def warp_image(image: np.ndarray, m: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     """Warp ``image`` by continuous-coordinate affine ``m`` into an (H, W) canvas.
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from datasets.files import write_json
+from datasets.files import resolve_path, write_json
 from datasets.neck import add_neck
 from datasets.topology import Topology
 
@@ -203,17 +203,10 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     write_json(path, obj, separators=(",", ":"))
 
 
-def _resolve(path: Any) -> Path | None:
-    if path is None:
-        return None
-    p = Path(str(path)).expanduser()
-    return p if p.is_absolute() else Path.cwd() / p
-
-
 def run(cfg: Mapping[str, Any]) -> list[tuple[Path, Summary]]:
     """Preprocess every configured split; returns (output path, summary) per split."""
-    ann_dir = _resolve(cfg["annotations_dir"])
-    images_root = _resolve(cfg.get("images_root")) if cfg.get("check_images", True) else None
+    ann_dir = resolve_path(cfg["annotations_dir"])
+    images_root = resolve_path(cfg.get("images_root")) if cfg.get("check_images", True) else None
     results = []
     for split in cfg["splits"]:
         src = ann_dir / str(cfg["input"]).format(split=split)

@@ -37,6 +37,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from datasets.files import resolve_path
 from datasets.topology import Topology, topology_from_config
 
 log = logging.getLogger(__name__)
@@ -361,11 +362,6 @@ def _stamp(topology: Topology, settings: Mapping[str, Any]) -> dict[str, Any]:
     return {"format": FORMAT, "topology": topology.to_dict(), "settings": {**DEFAULTS, **settings}}
 
 
-def _resolve(p: Any) -> Path:
-    path = Path(str(p)).expanduser()
-    return path if path.is_absolute() else Path.cwd() / path
-
-
 def ensure(
     data_cfg: Mapping[str, Any], topology: Topology | None = None, force: bool = False
 ) -> Path:
@@ -375,7 +371,7 @@ def ensure(
     with other settings is replaced). Safe to call from several processes at once.
     """
     topology = topology or Topology.named("coco18")
-    root = _resolve(data_cfg["root"])
+    root = resolve_path(data_cfg["root"])
     settings = dict(data_cfg.get("synthetic") or {})
     want = _stamp(topology, settings)
     stamp = root / "synthetic.json"

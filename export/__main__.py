@@ -18,8 +18,11 @@ from typing import Any
 
 import hydra
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from datasets.config import as_plain
+from datasets.errors import user_errors
+from datasets.files import resolve_path, write_json
 from export.onnx import (
     ParityError,
     check_onnx,
@@ -28,20 +31,18 @@ from export.onnx import (
     export_onnx,
     parity_check,
     parity_inputs,
-    resolve_path,
-    write_json,
 )
-from inference.runtime import ModelInfo
+from export.quantize import quantize_int8
+from inference.runtime import OnnxRuntime
+from models.build import build_from_checkpoint
+from models.contract import ModelInfo
 
 log = logging.getLogger("export")
 
 
 def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Export ``cfg.ckpt`` to ONNX; returns the written paths and the parity differences."""
-    from models import build_from_checkpoint
-
-    if isinstance(cfg, DictConfig):
-        cfg = OmegaConf.to_container(cfg, resolve=True)
+    cfg = as_plain(cfg)
     ckpt = resolve_path(cfg.get("ckpt"))
     if ckpt is None:
         raise ValueError("give the checkpoint: python -m export ckpt=path/to/epoch_N.pth")
@@ -76,7 +77,7 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     dec_path = resolve_path(cfg.get("decoder_config")) or output.with_name(
         output.stem + ".decoder.json"
     )
-    write_json(dec_path, decoder_config(info))
+    write_json(dec_path, decoder_config(info), indent=2)
     print(f"wrote {dec_path}")
     result: dict[str, Any] = {
         "onnx": output,
@@ -85,8 +86,6 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "info": info,
     }
     if cfg.get("int8"):
-        from export.quantize import quantize_int8
-
         q_cfg = cfg.get("quantize") or {}
         q_images = q_cfg.get("images")
         if not q_images:
@@ -111,8 +110,6 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
                 q_src.unlink(missing_ok=True)
         # informative only: INT8 cannot meet the fp32 tolerance; bench_inference.py compares
         # decoded skeletons
-        from inference.runtime import OnnxRuntime
-
         ref, got = OnnxRuntime(output, info=info)(images), OnnxRuntime(q_out)(images)
         diff = {k: float(np.abs(ref[k] - got[k]).max()) for k in ref}
         print(
@@ -125,6 +122,7 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+@user_errors
 def main(cfg: DictConfig) -> None:
     try:
         run(cfg)

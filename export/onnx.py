@@ -11,23 +11,27 @@ file alone (``inference.runtime.ModelInfo``).
 
 from __future__ import annotations
 
-import os
-import tempfile
+import copy
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
+import onnx
+import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from datasets.files import write_json as _write_json
-from inference.runtime import INPUT_NAME, LAYOUTS, OUTPUT_NAMES, ModelInfo, preprocess_image
+from datasets.config import as_plain
+from datasets.files import atomic_path, list_images
+from inference.draw import read_rgb
+from models.contract import INPUT_NAME, LAYOUTS, OUTPUT_NAMES, ModelInfo, preprocess_image
 
 PARITY_ATOL = 1e-4
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 class ParityError(RuntimeError):
@@ -67,10 +71,6 @@ def fuse_batchnorms(model: nn.Module) -> nn.Module:
     The ONNX exporter folds Conv+BN itself but not ConvTranspose+BN (the heads' upsampling
     blocks); folding here removes those BatchNormalization nodes from the graph.
     """
-    import copy
-
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
     model = copy.deepcopy(model).eval()
     for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
         names = list(seq._modules)
@@ -191,8 +191,6 @@ def export_onnx(
     the heads' k4/s2/p1 transposed convolutions as ``SubPixelConvTranspose`` (same outputs;
     about 2x faster in ONNX Runtime on CPU, and quantisable to INT8).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     model = fuse_batchnorms(model)
     if deconv_as_conv:
         model = convtranspose_to_conv(model)
@@ -203,9 +201,7 @@ def export_onnx(
     axes = None
     if dynamic_batch:
         axes = {name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".onnx.tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".onnx.tmp") as tmp:
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             # the TorchScript exporter: no extra dependency, BN folding, stable tensor names
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -222,8 +218,6 @@ def export_onnx(
                 opset_version=int(opset),
                 do_constant_folding=True,
             )
-        import onnx
-
         proto = onnx.load(tmp)
         _set_output_shapes(proto, info, dynamic_batch)
         onnx.helper.set_model_props(proto, info.to_metadata())
@@ -232,11 +226,7 @@ def export_onnx(
             f"outputs {', '.join(OUTPUT_NAMES)} ({info.layout})"
         )
         onnx.save(proto, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return Path(path)
 
 
 def _set_output_shapes(proto, info: ModelInfo, dynamic_batch: bool) -> None:
@@ -264,8 +254,6 @@ def _set_output_shapes(proto, info: ModelInfo, dynamic_batch: bool) -> None:
 
 def check_onnx(path: str | Path) -> None:
     """onnx.checker (full check with shape inference) and the fixed tensor names."""
-    import onnx
-
     onnx.checker.check_model(str(path), full_check=True)
     proto = onnx.load(str(path), load_external_data=False)
     inputs = [i.name for i in proto.graph.input]
@@ -288,8 +276,6 @@ def parity_check(
     Runs ONNX Runtime on CPU with every graph optimisation on (what deployment runs). Raises
     ``ParityError`` naming each tensor whose difference exceeds ``atol``.
     """
-    import onnxruntime as ort
-
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
@@ -332,27 +318,14 @@ def decoder_config(info: ModelInfo, output_scale: Sequence[int] | None = None) -
         "edges_paf": [list(e) for e in topo.edges_paf],
         "output_scale": list(output_scale or info.input_size),
     }
-    cfg.update({k: v for k, v in info.decoder.items() if k not in cfg and k != "_target_"})
+    cfg.update({k: v for k, v in info.decoder.items() if k not in cfg})
     return cfg
-
-
-def write_json(path: str | Path, data: Any, indent: int | None = 2) -> Path:
-    """Write JSON atomically (``datasets.files.write_json``), indented by default."""
-    return _write_json(path, data, indent=indent)
-
-
-def list_images(folder: str | Path) -> list[Path]:
-    """Image files directly in ``folder``, sorted by name."""
-    folder = Path(folder)
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def generated_images(
     count: int, size: tuple[int, int] = (240, 320), seed: int = 0
 ) -> list[np.ndarray]:
     """Deterministic RGB uint8 test pictures (gradients, blobs and bars) when no real ones exist."""
-    import cv2
-
     rng = np.random.default_rng(seed)
     h, w = size
     out = []
@@ -381,8 +354,6 @@ def parity_inputs(
 ) -> tuple[np.ndarray, str]:
     """``count`` pre-processed images (N, 3, H, W) from the first folder that has any, else
     generated pictures; also says where they came from."""
-    from inference.draw import read_rgb
-
     for folder in folders:
         if folder and Path(folder).is_dir():
             files = list_images(folder)[:count]
@@ -393,23 +364,8 @@ def parity_inputs(
     return np.stack(xs), f"{count} generated images (no image folder found)"
 
 
-def resolve_path(p: str | Path | None) -> Path | None:
-    """A user path resolved against the launch directory (Hydra does not chdir)."""
-    if p is None or str(p) == "":
-        return None
-    p = Path(os.path.expanduser(str(p)))
-    return (p if p.is_absolute() else Path.cwd() / p).resolve()
-
-
 def decoder_params(cfg_decoder: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Plain decoder parameters from a config node (drops ``_target_`` and null entries)."""
+    """Plain decoder parameters from a config node (drops null entries)."""
     if not cfg_decoder:
         return {}
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg_decoder, DictConfig):
-            cfg_decoder = OmegaConf.to_container(cfg_decoder, resolve=True)
-    except ImportError:  # pragma: no cover - hydra-core is a dependency
-        pass
-    return {k: v for k, v in dict(cfg_decoder).items() if k != "_target_" and v is not None}
+    return {k: v for k, v in as_plain(cfg_decoder).items() if v is not None}

@@ -16,8 +16,13 @@ from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+import onnx
+from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from inference.runtime import INPUT_NAME, ModelInfo, preprocess_image
+from datasets.files import list_images
+from inference.draw import read_rgb
+from models.contract import INPUT_NAME, ModelInfo, preprocess_image
 
 
 class ImageFolderReader:
@@ -47,9 +52,6 @@ def calibration_images(
 ) -> tuple[np.ndarray, str]:
     """Up to ``count`` pre-processed images (N, 3, H, W) from the first folder that has any,
     skipping file names in ``exclude`` (e.g. the images a comparison is made on)."""
-    from export.onnx import list_images
-    from inference.draw import read_rgb
-
     for folder in folders:
         if folder and Path(folder).is_dir():
             files = [f for f in list_images(folder) if f.name not in exclude][:count]
@@ -63,8 +65,6 @@ def calibration_images(
 
 def read_info(path: str | Path) -> ModelInfo:
     """The ModelInfo stored in an exported ONNX file's metadata."""
-    import onnx
-
     proto = onnx.load(str(path), load_external_data=False)
     return ModelInfo.from_metadata({p.key: p.value for p in proto.metadata_props}, str(path))
 
@@ -84,15 +84,6 @@ def quantize_int8(
     ``exclude_outputs`` keeps the two final 1x1 projections (whose outputs the decoder thresholds)
     in fp32, trading a little speed for output precision.
     """
-    import onnx
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     onnx_path, output = Path(onnx_path), Path(output)
     info = read_info(onnx_path)
     images, _ = calibration_images(info, folders, count, exclude_images)

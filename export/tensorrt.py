@@ -17,7 +17,6 @@ API (deprecated there since 10.1, removed in TensorRT 11, where this refuses fp1
 from __future__ import annotations
 
 import logging
-import os
 import platform
 import sys
 import time
@@ -27,10 +26,16 @@ from typing import Any
 
 import hydra
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+import onnx
+import torch
+from omegaconf import DictConfig
 
-from export.onnx import list_images, resolve_path, write_json
-from inference.runtime import INPUT_NAME, ModelInfo, engine_sidecar, preprocess_image
+from datasets.config import as_plain
+from datasets.errors import user_errors
+from datasets.files import atomic_path, list_images, resolve_path, write_json
+from inference.draw import read_rgb
+from inference.runtime import engine_sidecar
+from models.contract import INPUT_NAME, ModelInfo, preprocess_image
 
 log = logging.getLogger("export.tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -43,15 +48,13 @@ class TensorRTUnavailable(RuntimeError):
 
 def require_tensorrt():
     """The imported ``tensorrt`` module, or TensorRTUnavailable saying what is missing."""
-    import torch
-
     if not torch.cuda.is_available():
         raise TensorRTUnavailable(
             "building a TensorRT engine needs a CUDA GPU, and torch sees none here "
             f"(torch {torch.__version__}, CUDA build {torch.version.cuda}). Use the ONNX model with "
             "ONNX Runtime on this machine, or build the engine on the target GPU."
         )
-    try:
+    try:  # optional dependency (the `trt` extra), on GPU machines only
         import tensorrt as trt
     except ImportError as e:
         raise TensorRTUnavailable(
@@ -63,9 +66,7 @@ def require_tensorrt():
 
 def versions() -> dict[str, Any]:
     """TensorRT, CUDA, driver and GPU versions for the engine's sidecar JSON."""
-    import tensorrt as trt
-    import torch
-
+    trt = require_tensorrt()
     dev = torch.cuda.current_device()
     props = torch.cuda.get_device_properties(dev)
     return {
@@ -93,8 +94,6 @@ def _driver_version() -> str | None:
 
 def read_onnx_info(path: Path) -> tuple[ModelInfo, dict[str, str], list]:
     """ModelInfo, raw metadata and the input's shape (ints or names) of an exported ONNX file."""
-    import onnx
-
     proto = onnx.load(str(path), load_external_data=False)
     props = {p.key: p.value for p in proto.metadata_props}
     info = ModelInfo.from_metadata(props, source=str(path))
@@ -112,9 +111,6 @@ def read_onnx_info(path: Path) -> tuple[ModelInfo, dict[str, str], list]:
 
 def make_calibrator(trt, info: ModelInfo, images: Sequence[Path], batch_size: int, cache: Path):
     """An IInt8EntropyCalibrator2 feeding pre-processed images through a torch CUDA buffer."""
-    import torch
-
-    from inference.draw import read_rgb
 
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self) -> None:
@@ -143,9 +139,8 @@ def make_calibrator(trt, info: ModelInfo, images: Sequence[Path], batch_size: in
             return cache.read_bytes() if cache.is_file() else None
 
         def write_calibration_cache(self, data) -> None:
-            tmp = cache.with_name(cache.name + ".tmp")
-            tmp.write_bytes(bytes(data))
-            os.replace(tmp, cache)
+            with atomic_path(cache) as tmp:
+                tmp.write_bytes(bytes(data))
 
     return EntropyCalibrator()
 
@@ -235,13 +230,10 @@ def build_engine(
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError(f"{onnx_path}: TensorRT failed to build the engine (see the log above)")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp")
-    tmp.write_bytes(bytes(serialized))
-    os.replace(tmp, output)
-    tmp_cache = cache_path.with_name(f".{cache_path.name}.tmp")
-    tmp_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
-    os.replace(tmp_cache, cache_path)
+    with atomic_path(output) as tmp:
+        tmp.write_bytes(bytes(serialized))
+    with atomic_path(cache_path) as tmp:
+        tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
     write_json(
         engine_sidecar(output),
         {
@@ -253,14 +245,14 @@ def build_engine(
             "build_seconds": round(time.perf_counter() - start, 1),
             "versions": versions(),
         },
+        indent=2,
     )
     return output
 
 
 def run(cfg: Mapping[str, Any]) -> Path:
     """Build the engine described by ``cfg`` (see conf/tensorrt.yaml)."""
-    if isinstance(cfg, DictConfig):
-        cfg = OmegaConf.to_container(cfg, resolve=True)
+    cfg = as_plain(cfg)
     onnx_path = resolve_path(cfg.get("onnx"))
     if onnx_path is None or not onnx_path.is_file():
         raise FileNotFoundError(f"ONNX model not found: {onnx_path} (give onnx=path/to/model.onnx)")
@@ -289,6 +281,7 @@ def run(cfg: Mapping[str, Any]) -> Path:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="tensorrt")
+@user_errors
 def main(cfg: DictConfig) -> None:
     try:
         run(cfg)

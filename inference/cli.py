@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 
@@ -14,8 +15,6 @@ def alias_model_argument(argv: list[str]) -> list[str]:
 def default_output_to_run_dir(cfg: DictConfig) -> DictConfig:
     """Set ``cfg.output`` to Hydra's run directory when the user gave none."""
     if cfg.get("output") is None:
-        from hydra.core.hydra_config import HydraConfig
-
         OmegaConf.set_struct(cfg, False)
         cfg.output = HydraConfig.get().runtime.output_dir
     return cfg

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
-from datasets.files import write_json
 from datasets.neck import add_neck
 from datasets.topology import Topology
 
@@ -47,21 +48,17 @@ STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "
 __all__ = [
     "COCO_SIGMAS",
     "STAT_NAMES",
-    "add_neck",
     "category_index",
     "evaluate",
     "gt_keypoints",
     "load_coco",
     "oks_sigmas",
     "skeletons_to_coco",
-    "write_json",
 ]
 
 
 def load_coco(annotations: str | Path | Mapping[str, Any]):
     """A pycocotools COCO from a file path or an in-memory dict, without its console chatter."""
-    from pycocotools.coco import COCO
-
     if isinstance(annotations, Mapping):
         coco = COCO()
         coco.dataset = dict(annotations)
@@ -197,8 +194,6 @@ def evaluate(
     detections on images without people count). ``sigmas`` default to COCO's by keypoint name.
     Returns the ten numbers of the table by name (``STAT_NAMES``); -1 where COCO has none.
     """
-    from pycocotools.cocoeval import COCOeval
-
     cat = person_category(coco_gt)
     ids = sorted(coco_gt.getImgIds()) if image_ids is None else sorted(int(i) for i in image_ids)
     if not results:

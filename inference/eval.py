@@ -35,36 +35,38 @@ from typing import Any
 import cv2
 import hydra
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+from tqdm import tqdm
 
+from datasets.config import as_plain
+from datasets.errors import user_errors
+from datasets.files import resolve_path, write_json
 from datasets.targets import TargetConfig
 from datasets.topology import topology_from_config
-from inference.cli import default_output_to_run_dir
+from inference.cli import alias_model_argument, default_output_to_run_dir
 from inference.cocoeval import (
     evaluate,
     load_coco,
     person_category,
     skeletons_to_coco,
-    write_json,
 )
-from inference.decoder import OpenPoseDecoder
+from inference.decoder import OpenPoseDecoder, build_decoder
 from inference.oracle import decode_image, oracle_results
+from inference.runtime import load_runtime
 
 log = logging.getLogger("inference.eval")
 
 
 def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Evaluate as configured (see the module docstring); returns stats, paths and counts."""
-    if isinstance(cfg, DictConfig):
-        cfg = OmegaConf.to_container(cfg, resolve=True)
-    cfg = dict(cfg)
-    annotations = _path(cfg.get("annotations"))
+    cfg = as_plain(cfg)
+    annotations = resolve_path(cfg.get("annotations"))
     if annotations is None:
         raise ValueError("give annotations=PATH (a COCO person_keypoints file)")
-    out_dir = _path(cfg.get("output")) or Path("outputs") / "eval" / time.strftime(
+    out_dir = resolve_path(cfg.get("output")) or Path("outputs") / "eval" / time.strftime(
         "%Y-%m-%d_%H-%M-%S"
     )
-    model_path = _path(cfg.get("model_path") or cfg.get("model"))
+    model_path = resolve_path(cfg.get("model_path") or cfg.get("model"))
     gt = load_coco(annotations)
     category = person_category(gt, cfg.get("category_id"))
     ids = sorted(gt.getImgIds())
@@ -75,8 +77,6 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
     runtime = None
     if model_path is not None:
-        from inference.runtime import load_runtime
-
         kwargs = (
             {"threads": cfg["threads"]}
             if cfg.get("threads") and model_path.suffix == ".onnx"
@@ -95,11 +95,11 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
         aspect = str(cfg.get("aspect") or "squash")
         targets = TargetConfig.from_config(cfg.get("targets"))
         model_decoder = {}
-    params = {k: v for k, v in (cfg.get("decoder") or {}).items() if k != "_target_"}
+    params = dict(cfg.get("decoder") or {})
     params.update(model_decoder)  # a model's own parameters (e.g. its max-pool kernel) win
     params.update(cfg.get("decoder_overrides") or {})
     params.pop("output_scale", None)  # set per image from its size
-    decoder = OpenPoseDecoder.from_config(params, topology)
+    decoder = build_decoder(params, topology)
 
     t0 = time.perf_counter()
     skipped: list[str] = []
@@ -175,8 +175,6 @@ def model_results(
     skip_unreadable: bool = False,
 ) -> tuple[list[dict[str, Any]], list[int], list[str]]:
     """Run the model on every image; COCO results, the evaluated ids, and skipped files."""
-    from tqdm import tqdm
-
     info = runtime.info
     results: list[dict[str, Any]] = []
     evaluated: list[int] = []
@@ -227,14 +225,6 @@ def _has_people(coco_gt: Any, image_id: int, category: Mapping[str, Any]) -> boo
     return any(a.get("num_keypoints", 0) > 0 and not a.get("iscrowd", 0) for a in anns)
 
 
-def _path(p: Any) -> Path | None:
-    """A user path resolved against the launch directory (Hydra does not chdir)."""
-    if p is None or str(p) == "":
-        return None
-    path = Path(str(p)).expanduser()
-    return path if path.is_absolute() else Path.cwd() / path
-
-
 def _size(value: Any) -> tuple[int, int]:
     """``224`` or ``[H, W]`` -> (H, W)."""
     if value is None:
@@ -249,7 +239,7 @@ def _size(value: Any) -> tuple[int, int]:
 
 def _images_dir(images: Any, annotations: Path) -> Path:
     """``images``, or the COCO layout's folder for the file: annotations/x_val2017.json -> val2017."""
-    path = _path(images)
+    path = resolve_path(images)
     if path is None:
         m = re.search(r"_([A-Za-z]+\d*)(?:_modified)?$", annotations.stem)
         if m:
@@ -262,12 +252,11 @@ def _images_dir(images: Any, annotations: Path) -> Path:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+@user_errors
 def main(cfg: DictConfig) -> None:
     run(default_output_to_run_dir(cfg))
 
 
 if __name__ == "__main__":
-    from inference.cli import alias_model_argument
-
     sys.argv = alias_model_argument(sys.argv)
     main()

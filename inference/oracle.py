@@ -16,6 +16,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from datasets.geometry import apply, fit_matrix, invert
 from datasets.targets import TargetConfig, render_targets
@@ -155,8 +156,6 @@ def oracle_results(
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """COCO results of decoding the oracle maps of every image."""
-    from tqdm import tqdm
-
     ids = sorted(coco_gt.getImgIds()) if image_ids is None else list(image_ids)
     samples = iter_oracle(
         coco_gt, topology, category, input_hw, targets, aspect, ids, noise, blur, seed

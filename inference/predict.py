@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -27,13 +28,17 @@ from typing import Any
 import cv2
 import hydra
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
-from export.onnx import IMAGE_SUFFIXES, resolve_path, write_json
-from inference.cli import default_output_to_run_dir
+from datasets.config import as_plain
+from datasets.errors import user_errors
+from datasets.files import IMAGE_SUFFIXES, resolve_path, write_json
+from inference.cli import alias_model_argument, default_output_to_run_dir
+from inference.cocoeval import skeletons_to_coco
 from inference.draw import draw_skeletons, write_rgb
-from inference.runtime import Runtime, load_runtime, skeletons_to_original
+from inference.runtime import Runtime, load_runtime
+from models.contract import skeletons_to_original
 
 log = logging.getLogger("inference.predict")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
@@ -191,10 +196,7 @@ def coco_category(topology) -> dict[str, Any]:
 
 def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Predict on ``cfg.input`` with ``cfg.model``; returns output paths and the timing summary."""
-    from inference.cocoeval import skeletons_to_coco
-
-    if isinstance(cfg, DictConfig):
-        cfg = OmegaConf.to_container(cfg, resolve=True)
+    cfg = as_plain(cfg)
     source = resolve_path(cfg.get("input"))
     model_path = resolve_path(cfg.get("model_path") or cfg.get("model"))
     if source is None or model_path is None:
@@ -300,14 +302,11 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@user_errors
 def main(cfg: DictConfig) -> None:
     run(default_output_to_run_dir(cfg))
 
 
 if __name__ == "__main__":
-    import sys
-
-    from inference.cli import alias_model_argument
-
     sys.argv = alias_model_argument(sys.argv)
     main()

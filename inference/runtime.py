@@ -18,202 +18,19 @@ applied with ``cv2.warpAffine``.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
-from datasets.geometry import (
-    ASPECT_POLICIES,
-    apply,
-    compose,
-    fit_matrix,
-    invert,
-    warp_image,
-)
-from datasets.topology import Topology
-
-# Version of the metadata layout below; readers accept this and older versions.
-FORMAT_VERSION = 1
-INPUT_NAME = "input"
-OUTPUT_NAMES = ("part_affinity_fields", "heatmap", "maxpool_heatmap")
-LAYOUTS = ("nhwc", "nchw")
-# trt_pose / Isaac default max-pool kernel, used only when a model carries no decoder parameters
-DEFAULT_MAXPOOL_KERNEL = 3
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass
-class ModelInfo:
-    """What a deployed model needs to be fed and decoded; travels as ONNX metadata."""
-
-    topology: Topology
-    input_size: tuple[int, int]  # (H, W) network input
-    stride: int = 4
-    aspect: str = "squash"
-    targets: dict[str, Any] = field(default_factory=dict)
-    decoder: dict[str, Any] = field(default_factory=dict)  # Isaac OpenPoseDecoder parameters
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    layout: str = "nchw"  # layout of the graph's outputs
-    format_version: int = FORMAT_VERSION
-
-    def __post_init__(self) -> None:
-        self.input_size = (int(self.input_size[0]), int(self.input_size[1]))
-        self.stride = int(self.stride)
-        if self.aspect not in ASPECT_POLICIES:
-            raise ValueError(f"aspect {self.aspect!r} is not one of {ASPECT_POLICIES}")
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"layout {self.layout!r} is not one of {LAYOUTS}")
-        h, w = self.input_size
-        if h % self.stride or w % self.stride:
-            raise ValueError(
-                f"input size {self.input_size} is not a multiple of stride {self.stride}"
-            )
-
-    @property
-    def map_size(self) -> tuple[int, int]:
-        """(h, w) of the output maps."""
-        return self.input_size[0] // self.stride, self.input_size[1] // self.stride
-
-    @property
-    def maxpool_kernel(self) -> int:
-        return int(self.decoder.get("maxpool_kernel", DEFAULT_MAXPOOL_KERNEL))
-
-    # ------------------------------------------------------------------ ONNX metadata
-    def to_metadata(self) -> dict[str, str]:
-        """ONNX ``metadata_props``: string keys, JSON string values."""
-        return {
-            "format_version": str(self.format_version),
-            "producer": "pafpose",
-            "topology": json.dumps(self.topology.to_dict()),
-            "input_size": json.dumps(list(self.input_size)),
-            "stride": str(self.stride),
-            "aspect": self.aspect,
-            "targets": json.dumps(self.targets),
-            "normalization": json.dumps(
-                {
-                    "input": "RGB in [0, 1], N x 3 x H x W",
-                    "inside_graph": True,
-                    "mean": list(self.mean),
-                    "std": list(self.std),
-                }
-            ),
-            "layout": self.layout,
-            "decoder": json.dumps(self.decoder),
-        }
-
-    @classmethod
-    def from_metadata(cls, props: Mapping[str, str], source: str = "model") -> ModelInfo:
-        """Inverse of ``to_metadata``; names the missing key and the file when incomplete."""
-        missing = [k for k in ("topology", "input_size", "stride") if k not in props]
-        if missing:
-            raise ValueError(
-                f"{source}: metadata lacks {missing} (keys: {sorted(props)}); was it written by "
-                "`python -m export`?"
-            )
-        version = int(props.get("format_version", 1))
-        if version > FORMAT_VERSION:
-            raise ValueError(
-                f"{source}: metadata format_version {version} is newer than this code reads "
-                f"({FORMAT_VERSION})"
-            )
-        norm = json.loads(props.get("normalization", "{}"))
-        return cls(
-            topology=Topology.from_dict(json.loads(props["topology"])),
-            input_size=tuple(json.loads(props["input_size"])),
-            stride=int(props["stride"]),
-            aspect=props.get("aspect", "squash"),
-            targets=json.loads(props.get("targets", "{}")),
-            decoder=json.loads(props.get("decoder", "{}")),
-            mean=tuple(norm.get("mean", IMAGENET_MEAN)),
-            std=tuple(norm.get("std", IMAGENET_STD)),
-            layout=props.get("layout", "nchw"),
-            format_version=version,
-        )
-
-    @classmethod
-    def from_checkpoint_config(
-        cls, config: Mapping[str, Any], stride: int | None = None, decoder: Mapping | None = None
-    ) -> ModelInfo:
-        """From the resolved training config stored in a checkpoint."""
-        from datasets.topology import topology_from_config
-
-        try:
-            topo = topology_from_config(config["topology"])
-            input_size = config["data"]["input_size"]
-        except KeyError as e:
-            raise ValueError(f"checkpoint config lacks {e} (keys: {sorted(config)})") from None
-        targets = dict(config.get("targets") or {})
-        model_cfg = config.get("model") or {}
-        dec = dict(decoder if decoder is not None else (config.get("decoder") or {}))
-        dec.pop("_target_", None)
-        return cls(
-            topology=topo,
-            input_size=tuple(input_size),
-            stride=int(stride or targets.get("stride") or model_cfg.get("stride") or 4),
-            aspect=str(config["data"].get("aspect", "squash")),
-            targets=targets,
-            decoder=dec,
-            mean=tuple(model_cfg.get("mean", IMAGENET_MEAN)),
-            std=tuple(model_cfg.get("std", IMAGENET_STD)),
-            layout="nchw",
-        )
-
-
-# ---------------------------------------------------------------------- pre/post-processing
-def preprocess_image(
-    image: np.ndarray, info: ModelInfo, max_upsample: float = 1.0
-) -> tuple[np.ndarray, np.ndarray]:
-    """RGB uint8 (h, w, 3) -> network input (3, H, W) float32 in [0, 1] and the 2x3 matrix
-    taking original image coordinates to input coordinates (training's eval-mode geometry).
-
-    Like training's loader (which decodes JPEGs at 1/2, 1/4 or 1/8 size while the warp still
-    magnifies those pixels at most ``max_upsample`` times), a large image is first reduced by
-    that power of two with area averaging, then warped bilinearly: no aliasing from a strong
-    bilinear downscale, and the same picture statistics the network was trained on.
-    """
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image must be RGB (h, w, 3); got shape {image.shape}")
-    if image.dtype != np.uint8:
-        raise ValueError(f"image must be uint8 RGB; got dtype {image.dtype}")
-    height, width = info.input_size
-    h, w = image.shape[:2]
-    m = fit_matrix((h, w), (height, width), info.aspect)
-    stretch = float(np.linalg.svd(m[:, :2], compute_uv=False)[0])
-    r = 1
-    while r < 8 and 2 * r * stretch <= max_upsample:
-        r *= 2
-    src, warp = image, m
-    if r > 1:
-        rh, rw = -(-h // r), -(-w // r)  # ceil, as a 1/r JPEG decode
-        src = cv2.resize(image, (rw, rh), interpolation=cv2.INTER_AREA)
-        # reduced pixel i covers original [i * w / rw, (i + 1) * w / rw)
-        warp = compose(m, np.array([[w / rw, 0.0, 0.0], [0.0, h / rh, 0.0]]))
-    warped = warp_image(src, warp, (height, width))  # (H, W, 3) uint8
-    x = warped.astype(np.float32).transpose(2, 0, 1) * np.float32(1 / 255)  # (3, H, W)
-    return np.ascontiguousarray(x), m
-
-
-def skeletons_to_original(skeletons: Sequence[Any], matrix: np.ndarray) -> list[Any]:
-    """Map decoded skeletons from network-input pixels back to original image pixels, in place.
-
-    Decode with ``output_scale = info.input_size`` to get input pixels; ``matrix`` is the
-    original -> input affine from ``preprocess``. Missing parts (NaN) stay NaN.
-    """
-    inv = invert(matrix)
-    for sk in skeletons:
-        kp = sk.keypoints
-        kp[:, :2] = apply(inv, kp[:, :2])
-    return list(skeletons)
+from inference.decoder import build_decoder
+from models.contract import INPUT_NAME, OUTPUT_NAMES, ModelInfo, preprocess_image
 
 
 def maxpool_nchw(heatmap: np.ndarray, kernel: int) -> np.ndarray:
     """Max-pool (B, K, h, w) with stride 1 and same padding (numpy; for maps without one)."""
+    # torch only on this path: the ONNX Runtime path does not import it
     import torch
     import torch.nn.functional as F
 
@@ -249,11 +66,8 @@ class Runtime:
         return np.ascontiguousarray(batch, dtype=np.float32)
 
     def make_decoder(self, **overrides: Any):
-        """The OpenPoseDecoder configured from the model's own decoder parameters."""
-        from inference.decoder import OpenPoseDecoder
-
-        params = {**self.info.decoder, **overrides}
-        return OpenPoseDecoder.from_config(params, self.info.topology)
+        """The decoder configured from the model's own decoder parameters (``build_decoder``)."""
+        return build_decoder({**self.info.decoder, **overrides}, self.info.topology)
 
     def _to_nchw(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = {}
@@ -275,6 +89,7 @@ class OnnxRuntime(Runtime):
     def __init__(
         self, path: str | Path, device: str = "cpu", threads: int | None = None, info=None
     ) -> None:
+        # each backend imports its own library when opened: no backend pays for another's import
         import onnx
         import onnxruntime as ort
 
@@ -337,9 +152,10 @@ class TorchRuntime(Runtime):
     backend = "torch"
 
     def __init__(self, path: str | Path, device: str = "cpu", decoder: Mapping | None = None):
+        # torch and the networks only for this backend: the ONNX Runtime path stays numpy-only
         import torch
 
-        from models import build_from_checkpoint
+        from models.build import build_from_checkpoint
 
         self.path = Path(path)
         self.device = torch.device(device)
@@ -350,7 +166,7 @@ class TorchRuntime(Runtime):
         )
 
     def _run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        import torch
+        import torch  # see __init__: torch only for the torch and TensorRT backends
         import torch.nn.functional as F
 
         k = self.info.maxpool_kernel
@@ -371,9 +187,9 @@ class TensorRTRuntime(Runtime):
     backend = "tensorrt"
 
     def __init__(self, path: str | Path, device: str = "cuda") -> None:
-        import torch
+        import torch  # device buffers; torch only for the torch and TensorRT backends
 
-        try:
+        try:  # optional dependency (the `trt` extra), on CUDA machines only
             import tensorrt as trt
         except ImportError as e:
             raise RuntimeError(
@@ -407,7 +223,7 @@ class TensorRTRuntime(Runtime):
         self.names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
 
     def _run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        import torch
+        import torch  # see __init__: torch only for the torch and TensorRT backends
 
         trt = self.trt
         with torch.cuda.device(self.device):
@@ -435,7 +251,7 @@ class TensorRTRuntime(Runtime):
 
 
 def _torch_dtype(np_dtype: Any):
-    import torch
+    import torch  # TensorRT backend only (see TensorRTRuntime)
 
     return {
         np.dtype(np.float32): torch.float32,

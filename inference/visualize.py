@@ -15,6 +15,7 @@ training targets: the decoder's upper bound, useful to tune its thresholds.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,11 +25,16 @@ from typing import Any
 import cv2
 import hydra
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from datasets.topology import Topology
-from export.onnx import resolve_path
-from inference.cli import default_output_to_run_dir
+from datasets.coco import CocoKeypoints
+from datasets.config import as_plain
+from datasets.errors import user_errors
+from datasets.files import resolve_path
+from datasets.targets import TargetConfig
+from datasets.topology import Topology, topology_from_config
+from inference.cli import alias_model_argument, default_output_to_run_dir
+from inference.decoder import build_decoder
 from inference.draw import (
     colorize_maps,
     darken,
@@ -46,6 +52,7 @@ from inference.draw import (
     titled,
     write_rgb,
 )
+from inference.runtime import load_runtime, maxpool_nchw
 
 log = logging.getLogger("inference.visualize")
 
@@ -65,8 +72,6 @@ class Maps:
 
 def maps_from_model(image_path: Path, model_path: Path, device: str = "cpu") -> Maps:
     """Run a model (any runtime) on one image."""
-    from inference.runtime import load_runtime
-
     rt = load_runtime(model_path, device=device)
     x, _ = rt.preprocess(read_rgb(image_path))
     out = rt(x[None])
@@ -84,9 +89,6 @@ def maps_from_model(image_path: Path, model_path: Path, device: str = "cpu") -> 
 
 def maps_from_ground_truth(image: str, cfg: Mapping[str, Any], topology: Topology) -> Maps:
     """Targets rendered from the COCO annotations of ``image`` (a file name or an image id)."""
-    from datasets.coco import CocoKeypoints
-    from datasets.targets import TargetConfig
-
     ds = CocoKeypoints(
         annotations=resolve_path(cfg["annotations"]),
         images=resolve_path(cfg["images"]),
@@ -171,15 +173,13 @@ def render_steps(
     maps: Maps, decoder_overrides: Mapping[str, Any] | None = None, scale: int = 2, edge: Any = None
 ) -> list[tuple[str, str, np.ndarray]]:
     """The step pictures as (file stem, title, RGB image), in decoding order."""
-    from inference.decoder import OpenPoseDecoder
-
     topo = maps.topology
     params = {
         **maps.decoder_params,
         **{k: v for k, v in (decoder_overrides or {}).items() if v is not None},
     }
     params.pop("output_scale", None)
-    decoder = OpenPoseDecoder.from_config(params, topo)
+    decoder = build_decoder(params, topo)
     h, w = maps.view.shape[:2]
     size = (h * scale, w * scale)
     mh, mw = maps.heatmap.shape[1:]
@@ -194,8 +194,6 @@ def render_steps(
     if maps.maxpool is not None:
         pooled = maps.maxpool
     else:
-        from inference.runtime import maxpool_nchw
-
         pooled = maxpool_nchw(maps.heatmap[None], decoder.maxpool_kernel)[0]
     steps.append(
         (
@@ -309,8 +307,7 @@ def render_steps(
 
 def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Write the step pictures for ``cfg.image``; returns the output folder and file paths."""
-    if isinstance(cfg, DictConfig):
-        cfg = OmegaConf.to_container(cfg, resolve=True)
+    cfg = as_plain(cfg)
     image = cfg.get("image")
     if image is None:
         raise ValueError("give image=PATH (with model=MODEL, or oracle=true)")
@@ -318,8 +315,6 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "%Y-%m-%d_%H-%M-%S"
     )
     if cfg.get("oracle"):
-        from datasets.topology import topology_from_config
-
         maps = maps_from_ground_truth(str(image), cfg, topology_from_config(cfg["topology"]))
     else:
         model = resolve_path(cfg.get("model_path") or cfg.get("model"))
@@ -351,14 +346,11 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="visualize")
+@user_errors
 def main(cfg: DictConfig) -> None:
     run(default_output_to_run_dir(cfg))
 
 
 if __name__ == "__main__":
-    import sys
-
-    from inference.cli import alias_model_argument
-
     sys.argv = alias_model_argument(sys.argv)
     main()

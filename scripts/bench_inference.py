@@ -35,12 +35,14 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from datasets.files import list_images  # noqa: E402
 from datasets.topology import Topology  # noqa: E402
-from export.onnx import export_onnx, list_images  # noqa: E402
+from export.onnx import export_onnx  # noqa: E402
 from export.quantize import quantize_int8  # noqa: E402
 from inference.draw import read_rgb  # noqa: E402
 from inference.predict import Predictor  # noqa: E402
-from inference.runtime import ModelInfo, OnnxRuntime, Runtime  # noqa: E402
+from inference.runtime import OnnxRuntime, Runtime  # noqa: E402
+from models.contract import ModelInfo  # noqa: E402
 
 COCO_MINI = Path(os.environ.get("COCO_MINI", REPO.parent / "shared" / "data" / "coco-mini"))
 
@@ -79,7 +81,7 @@ def cpu_flags() -> set[str]:
 def load_model(
     ckpt: str | None, size: int, decoder: dict
 ) -> tuple[torch.nn.Module, ModelInfo, str]:
-    from models import build_from_checkpoint, build_model
+    from models.build import build_from_checkpoint, build_model
 
     if ckpt:
         model, config = build_from_checkpoint(ckpt)

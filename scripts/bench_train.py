@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from datasets.topology import Topology  # noqa: E402
-from models import build_model  # noqa: E402
+from models.build import build_model  # noqa: E402
 from train.loop import build_optimizer, masked_mse  # noqa: E402
 
 COCO_MINI = REPO.parent / "shared" / "data" / "coco-mini"

@@ -40,7 +40,7 @@ from datasets.targets import TargetConfig  # noqa: E402
 from datasets.topology import Topology  # noqa: E402
 from inference.cocoeval import evaluate, load_coco, person_category, skeletons_to_coco  # noqa: E402
 from inference.decoder import OpenPoseDecoder  # noqa: E402
-from models import build_model  # noqa: E402
+from models.build import build_model  # noqa: E402
 from train.checkpoint import save_checkpoint  # noqa: E402
 from train.loop import build_optimizer, masked_mse  # noqa: E402
 

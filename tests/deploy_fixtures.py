@@ -22,7 +22,7 @@ def make_checkpoint(
     path: Path, input_size=INPUT_SIZE, aspect: str = "squash", seed: int = 0, decoder=None
 ) -> Path:
     """A checkpoint of conf/model/tiny.yaml with random weights and non-trivial BN statistics."""
-    from models import build_model
+    from models.build import build_model
     from train.checkpoint import save_checkpoint
 
     model_cfg = yaml.safe_load((REPO / "conf" / "model" / "tiny.yaml").read_text())

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from train.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint, unwrap_model
+from models.checkpoint import FORMAT_VERSION, load_checkpoint
+from train.checkpoint import save_checkpoint, unwrap_model
 
 
 def _state(value: float = 1.0) -> dict:

@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from datasets.topology import Topology, topology_from_config
-from models import build_model
+from models.build import build_model
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 PRIMARY = sorted(p.stem for p in CONF.glob("*.yaml"))

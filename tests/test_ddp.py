@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from models.checkpoint import load_checkpoint
 from tests._train_data import compose_train, train_args, write_coco_set
-from train.checkpoint import load_checkpoint
 from train.loop import run
 
 REPO = Path(__file__).resolve().parent.parent

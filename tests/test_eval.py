@@ -281,7 +281,7 @@ class OracleRuntime:
     checks model mode's reading, batching, geometry and mapping back without training a model."""
 
     def __init__(self, gt, input_size, aspect):
-        from inference.runtime import ModelInfo
+        from models.contract import ModelInfo
 
         self.info = ModelInfo(topology=COCO18, input_size=input_size, aspect=aspect)
         self.gt, self.cat = gt, person_category(gt)
@@ -289,7 +289,7 @@ class OracleRuntime:
         self.ids = iter(sorted(gt.getImgIds()))
 
     def preprocess(self, image):
-        from inference.runtime import preprocess_image
+        from models.contract import preprocess_image
 
         self.pending.append((next(self.ids), image.shape[:2]))
         return preprocess_image(image, self.info)
@@ -326,7 +326,7 @@ def test_model_mode_maps_back_to_the_original_images(tmp_path, monkeypatch, aspe
     data = make_dataset()
     ann = _write_images(tmp_path, data)
     fake = OracleRuntime(load_coco(data), (160, 224), aspect)
-    monkeypatch.setattr("inference.runtime.load_runtime", lambda *a, **k: fake)
+    monkeypatch.setattr("inference.eval.load_runtime", lambda *a, **k: fake)
     out = run(_cfg(annotations=str(ann), model_path=str(ann), output=str(tmp_path / "out")))
     assert out["num_images"] == 4 and out["mode"] == "model"  # every image, the empty one too
     assert out["stats"]["AP"] == pytest.approx(1.0)
@@ -337,7 +337,7 @@ def test_model_mode_missing_images(tmp_path, monkeypatch):
     ann = _write_images(tmp_path, data)
     (tmp_path / "val2017" / "000000000002.jpg").unlink()
     monkeypatch.setattr(
-        "inference.runtime.load_runtime",
+        "inference.eval.load_runtime",
         lambda *a, **k: OracleRuntime(load_coco(data), (160, 224), "squash"),
     )
     cfg = _cfg(annotations=str(ann), model_path=str(ann), output=str(tmp_path / "out"))

@@ -18,7 +18,8 @@ from export.onnx import (
     convtranspose_to_conv,
     parity_check,
 )
-from inference.runtime import OUTPUT_NAMES, ModelInfo, load_runtime
+from inference.runtime import load_runtime
+from models.contract import OUTPUT_NAMES, ModelInfo
 from tests.deploy_fixtures import INPUT_SIZE, REPO, export_cfg, make_checkpoint
 
 
@@ -97,7 +98,7 @@ def test_static_batch_nchw_export(ckpt, tmp_path):
 
 def test_parity_failure_names_the_tensor(ckpt, tmp_path):
     out = run(export_cfg(ckpt, output=str(tmp_path / "p.onnx")))["onnx"]
-    from models import build_from_checkpoint
+    from models.build import build_from_checkpoint
 
     model, _ = build_from_checkpoint(ckpt)
     info = load_runtime(out).info
@@ -130,7 +131,8 @@ def test_subpixel_convtranspose_is_exact():
 
 def test_wrong_topology_for_weights_is_named(tmp_path):
     """A checkpoint whose maps do not fit its topology fails before writing anything."""
-    from train.checkpoint import load_checkpoint, save_checkpoint
+    from models.checkpoint import load_checkpoint
+    from train.checkpoint import save_checkpoint
 
     path = make_checkpoint(tmp_path / "t.pth")
     ckpt = load_checkpoint(path)

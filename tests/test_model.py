@@ -14,8 +14,8 @@ import torchvision
 import yaml
 
 from datasets.topology import Topology
-from models import build_from_checkpoint, build_model, count_macs, count_parameters
 from models.backbones import imagenet_weights_url
+from models.build import build_from_checkpoint, build_model, count_macs, count_parameters
 from models.posenet import convert_trt_pose_state_dict
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "model"

@@ -15,7 +15,8 @@ from datasets.targets import TargetConfig, render_targets
 from datasets.topology import Topology
 from export.__main__ import run as export
 from inference.predict import Predictor, coco_category, run
-from inference.runtime import ModelInfo, Runtime, maxpool_nchw
+from inference.runtime import Runtime, maxpool_nchw
+from models.contract import ModelInfo
 from tests.deploy_fixtures import REPO, export_cfg, make_checkpoint, random_image
 
 

@@ -10,14 +10,8 @@ import pytest
 from datasets.geometry import apply
 from datasets.topology import Topology
 from export.__main__ import run as export
-from inference.runtime import (
-    ModelInfo,
-    TensorRTRuntime,
-    engine_sidecar,
-    load_runtime,
-    preprocess_image,
-    skeletons_to_original,
-)
+from inference.runtime import TensorRTRuntime, engine_sidecar, load_runtime
+from models.contract import ModelInfo, preprocess_image, skeletons_to_original
 from tests.deploy_fixtures import INPUT_SIZE, export_cfg, make_checkpoint
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 import yaml
 
-from models import build_from_checkpoint
+from models.build import build_from_checkpoint
+from models.checkpoint import load_checkpoint
 from tests._train_data import TinyPoseSet
-from train.checkpoint import load_checkpoint
 from train.loop import masked_mse, resolve_amp, run
 
 CONF = Path(__file__).resolve().parent.parent / "conf"

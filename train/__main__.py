@@ -17,11 +17,13 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from datasets.errors import user_errors
+from train.loop import run
+
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@user_errors
 def main(cfg: DictConfig) -> None:
-    from train.loop import run
-
     run(cfg)
 
 

@@ -1,4 +1,5 @@
-"""Checkpoints: plain data, written atomically, read with ``torch.load(weights_only=True)``.
+"""Checkpoints: plain data, written atomically; read by ``models.checkpoint.load_checkpoint``
+(``torch.load(weights_only=True)``), which export and inference use without importing training.
 
 Keys: ``format_version``, ``epoch`` (epochs completed), ``step`` (optimizer steps done), ``model``
 (state dict, unwrapped from DDP / torch.compile), ``optimizer``, ``scheduler``, ``scaler``,
@@ -16,17 +17,17 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+import torchvision
 from torch import nn
 
-FORMAT_VERSION = 1
-REQUIRED_KEYS = ("format_version", "epoch", "step", "model", "config")
+from datasets.files import atomic_path
+from models.checkpoint import FORMAT_VERSION
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -45,20 +46,13 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
 
     ``format_version`` is added when absent. Returns the path.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = dict(state)
     state.setdefault("format_version", FORMAT_VERSION)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())  # the data is on disk before the rename makes it the checkpoint
+    path = Path(path)
     # make the rename itself durable
     try:
         dfd = os.open(path.parent, os.O_RDONLY)
@@ -69,28 +63,6 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
     except OSError:
         pass
     return path
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True`` and check its format; errors name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise RuntimeError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a dict")
-    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
-    if missing:
-        raise ValueError(f"checkpoint {path} lacks {missing} (has {sorted(ckpt)})")
-    if int(ckpt["format_version"]) > FORMAT_VERSION:
-        raise ValueError(
-            f"checkpoint {path} has format_version {ckpt['format_version']}; this code reads up to"
-            f" {FORMAT_VERSION}"
-        )
-    return ckpt
 
 
 def git_sha(repo: str | Path | None = None) -> str | None:
@@ -107,8 +79,6 @@ def git_sha(repo: str | Path | None = None) -> str | None:
 
 def checkpoint_meta(world_size: int = 1) -> dict[str, Any]:
     """Plain-data provenance: versions, git sha, world size, time."""
-    import torchvision
-
     return {
         "torch": str(torch.__version__),  # TorchVersion is not plain data
         "torchvision": str(torchvision.__version__),

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from datasets.topology import Topology
+from inference import draw
 
 
 def to_uint8_rgb(image: Any) -> np.ndarray:
@@ -35,8 +36,6 @@ def prediction_panel(
     ``heatmap`` (K, h, w) and ``paf`` (2E, h, w) are one sample's predictions (numpy);
     ``skeletons`` are decoder skeletons in input-image pixels (panel omitted when None).
     """
-    from inference import draw
-
     rgb = to_uint8_rgb(image)
     panels = []
     if target_heatmap is not None:
