@@ -14,7 +14,7 @@ import torch
 
 from datasets.topology import Topology
 from inference.decoder import OpenPoseDecoder
-from models import build_model
+from models.build import build_model
 from models.posenet import convert_trt_pose_state_dict
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
