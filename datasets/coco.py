@@ -21,9 +21,11 @@ Speed: each sample is decoded and warped once. The augmentation is composed into
 or 1/8 size by libjpeg's scaled IDCT (``cv2.IMREAD_REDUCED_COLOR_*``), which is much cheaper than a
 full decode, and the reduction is folded into the warp matrix.
 
-Bad images: a missing, corrupt or truncated file, or one whose size disagrees with its record,
-gives a warning (once per image), is counted in ``num_bad`` (per process: each loader worker
-keeps its own count), and another sample is returned, so training goes on.
+Bad images: a missing, empty, corrupt or truncated file, one over ``max_pixels`` (checked from the
+header before decoding: ``datasets.images``), or one whose size disagrees with its record, gives
+a warning (once per image), is counted in ``num_bad`` (per process: each loader worker keeps its
+own count) and in the sample's ``skipped`` (summed per batch by ``collate``, so the trainer can
+report it), and another sample is returned, so training goes on.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,7 @@ from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
 from datasets.augment import AugmentConfig, color_matrix, flip_keypoints, sample_affine
+from datasets.errors import UserError
 from datasets.files import resolve_path
 from datasets.geometry import (
     ASPECT_POLICIES,
@@ -52,6 +55,7 @@ from datasets.geometry import (
     decode_reduction,
     warp_image,
 )
+from datasets.images import MAX_PIXELS, ImageError, decode_bgr, read_bytes
 from datasets.neck import add_neck
 from datasets.synthetic import ensure
 from datasets.targets import (
@@ -65,18 +69,7 @@ from datasets.topology import Topology
 
 log = logging.getLogger(__name__)
 
-_REDUCED = {
-    1: cv2.IMREAD_COLOR,
-    2: cv2.IMREAD_REDUCED_COLOR_2,
-    4: cv2.IMREAD_REDUCED_COLOR_4,
-    8: cv2.IMREAD_REDUCED_COLOR_8,
-}
-# COCO's width/height describe the stored pixels; EXIF rotation would disagree with them
-_NO_EXIF = cv2.IMREAD_IGNORE_ORIENTATION
-
-
-class BadImage(Exception):
-    """An image file that cannot be used (missing, corrupt, truncated, wrong size)."""
+BadImage = ImageError  # the name this module used before datasets.images
 
 
 def _coco17_plus_neck(category_keypoints: Sequence[str], topology: Topology) -> bool:
@@ -111,6 +104,7 @@ class CocoKeypoints(Dataset):
         skip_empty: bool = True,
         max_upsample: float = 1.0,
         category: str | int | None = None,
+        max_pixels: int | None = MAX_PIXELS,
     ) -> None:
         self.annotations_path = Path(annotations)
         self.images_dir = Path(images)
@@ -127,6 +121,7 @@ class CocoKeypoints(Dataset):
         self.aspect = aspect
         self.render_targets = render_targets
         self.max_upsample = float(max_upsample)
+        self.max_pixels = max_pixels
         h, w = self.input_size
         if h % targets.stride or w % targets.stride:
             raise ValueError(f"input_size {[h, w]} must be divisible by stride {targets.stride}")
@@ -216,29 +211,45 @@ class CocoKeypoints(Dataset):
     # ------------------------------------------------------------------ samples
     def __getitem__(self, index: int) -> dict[str, Any]:
         rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
-        tries = min(len(self), 50)
-        for _ in range(tries):
+        for skipped, i in enumerate(self._candidates(index, rng)):
             try:
-                return self._sample(index, rng)
-            except BadImage as e:
+                sample = self._sample(i, rng)
+            except ImageError as e:
                 self.num_bad += 1
-                rec = self.records[index]
+                rec = self.records[i]
                 if rec["id"] not in self._warned:
                     self._warned.add(rec["id"])
                     warnings.warn(
                         f"skipping image id {rec['id']} ({e}); {self.num_bad} bad so far",
                         stacklevel=2,
                     )
-                # training: a random replacement; evaluation: the next image, deterministically
-                index = (
-                    int(rng.integers(len(self)))
-                    if self.augment is not None
-                    else (index + 1) % len(self)
-                )
-        raise RuntimeError(
-            f"{self.annotations_path}: {tries} unusable images in a row under "
-            f"{self.images_dir}; are the images there?"
+                continue
+            # images replaced on the way to this sample: the loaders' workers each count their
+            # own, so the count travels with the batch to the trainer's summary
+            sample["skipped"] = skipped
+            return sample
+        raise UserError(
+            f"{self.annotations_path}: {skipped + 1} unusable images in a row under "
+            f"{self.images_dir} (see the warnings above): check that the images are there "
+            "and readable, or set data.*_images=... to their folder"
         )
+
+    def _candidates(self, index: int, rng: np.random.Generator) -> Iterator[int]:
+        """``index``, then its replacements should it be bad, each tried once, at most 50 in
+        all: in training random others (a replacement can be bad too: the caller goes on), in
+        evaluation the next images, deterministically."""
+        yield index
+        tries = min(len(self), 50) - 1
+        if self.augment is None:
+            yield from ((index + k) % len(self) for k in range(1, tries + 1))
+            return
+        # drawn without repeats, lazily: a permutation of a 56k-image set costs per sample
+        seen = {index}
+        while len(seen) <= tries:
+            i = int(rng.integers(len(self)))
+            if i not in seen:
+                seen.add(i)
+                yield i
 
     def _tick(self, stage: str, t0: float) -> float:
         t1 = time.perf_counter()
@@ -315,22 +326,13 @@ class CocoKeypoints(Dataset):
         return mask_utils.decode(rle)
 
     def _decode(self, rec: Mapping[str, Any], r: int) -> np.ndarray:
-        """BGR uint8 image decoded at 1/r size; raises BadImage."""
+        """BGR uint8 image decoded at 1/r size; raises ImageError."""
         path = rec["file"]
-        try:
-            buf = np.fromfile(path, np.uint8)
-        except OSError as e:
-            raise BadImage(f"cannot read {path}: {e.strerror or e}") from None
-        # libjpeg decodes a truncated file into a grey-filled image with only a stderr warning,
-        # so check for the end-of-image marker (entropy-coded data never contains FF D9)
-        if buf[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in buf[-1024:].tobytes():
-            raise BadImage(f"{path} is truncated (no JPEG end marker)")
-        image = cv2.imdecode(buf, _REDUCED[r] | _NO_EXIF)
-        if image is None:
-            raise BadImage(f"{path} is not a decodable image")
+        # COCO's width/height describe the stored pixels; EXIF rotation would disagree with them
+        image = decode_bgr(read_bytes(path), path, r, self.max_pixels, exif=False)
         h, w = rec["hw"]
         if image.shape[:2] != (math.ceil(h / r), math.ceil(w / r)):
-            raise BadImage(
+            raise ImageError(
                 f"{path} is {image.shape[1] * r}x{image.shape[0] * r} (1/{r} decode "
                 f"{image.shape[1]}x{image.shape[0]}) but its record says {w}x{h}"
             )
@@ -348,6 +350,8 @@ def collate(samples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         "keypoints": pad_keypoints([s["keypoints"] for s in samples], k),  # (B, N, K, 3)
         "image_id": torch.tensor([int(s["image_id"]) for s in samples], dtype=torch.long),
         "matrix": torch.stack([s["matrix"] for s in samples]),  # (B, 2, 3) float64
+        # bad images the workers replaced while making this batch (datasets skip-and-count)
+        "skipped": torch.tensor(sum(int(s.get("skipped", 0)) for s in samples)),
     }
     for key in ("heatmap", "paf"):
         if key in first:
@@ -395,4 +399,5 @@ def build_dataset(
         ),
         max_upsample=float(data.get("max_upsample", 1.0)),
         category=data.get("category"),
+        max_pixels=data.get("max_pixels", MAX_PIXELS),
     )

@@ -28,7 +28,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from datasets.config import as_plain
 from datasets.files import atomic_path, list_images
-from inference.draw import read_rgb
+from datasets.images import read_rgb
 from models.contract import INPUT_NAME, LAYOUTS, OUTPUT_NAMES, ModelInfo, preprocess_image
 
 PARITY_ATOL = 1e-4

@@ -21,7 +21,7 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, 
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from datasets.files import list_images
-from inference.draw import read_rgb
+from datasets.images import read_rgb
 from models.contract import INPUT_NAME, ModelInfo, preprocess_image
 
 

@@ -33,7 +33,7 @@ from omegaconf import DictConfig
 from datasets.config import as_plain
 from datasets.errors import user_errors
 from datasets.files import atomic_path, list_images, resolve_path, write_json
-from inference.draw import read_rgb
+from datasets.images import read_rgb
 from inference.runtime import engine_sidecar
 from models.contract import INPUT_NAME, ModelInfo, preprocess_image
 

@@ -245,11 +245,3 @@ def write_rgb(path: Any, image: np.ndarray) -> None:
     if not cv2.imwrite(str(tmp), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
         raise OSError(f"could not write image {path}")
     os.replace(tmp, path)
-
-
-def read_rgb(path: Any) -> np.ndarray:
-    """Read an image file as RGB uint8 (H, W, 3); raise naming the file if unreadable."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise OSError(f"could not read image {path}")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

@@ -32,7 +32,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import hydra
 import numpy as np
 from omegaconf import DictConfig
@@ -41,6 +40,7 @@ from tqdm import tqdm
 from datasets.config import as_plain
 from datasets.errors import user_errors
 from datasets.files import resolve_path, write_json
+from datasets.images import MAX_PIXELS, ImageError, read_rgb
 from datasets.targets import TargetConfig
 from datasets.topology import topology_from_config
 from inference.cli import alias_model_argument, default_output_to_run_dir
@@ -134,6 +134,7 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
             images,
             int(cfg.get("batch_size") or 1),
             bool(cfg.get("skip_unreadable")),
+            cfg.get("max_pixels", MAX_PIXELS),
         )
     seconds = time.perf_counter() - t0
 
@@ -173,6 +174,7 @@ def model_results(
     images: Path,
     batch_size: int = 1,
     skip_unreadable: bool = False,
+    max_pixels: int | None = MAX_PIXELS,
 ) -> tuple[list[dict[str, Any]], list[int], list[str]]:
     """Run the model on every image; COCO results, the evaluated ids, and skipped files."""
     info = runtime.info
@@ -201,16 +203,17 @@ def model_results(
     for image_id in tqdm(ids, desc="eval", unit="img"):
         record = coco_gt.imgs[image_id]
         path = images / record["file_name"]
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if bgr is None:
+        try:
+            rgb = read_rgb(path, max_pixels)
+        except ImageError as e:
             if not skip_unreadable:
-                raise FileNotFoundError(
-                    f"image id={image_id} {path} is missing or unreadable (images={images}; "
-                    "skip_unreadable=true evaluates without it)"
-                )
+                raise ImageError(
+                    f"image id={image_id}: {e} (images={images}; skip_unreadable=true "
+                    "evaluates without it)"
+                ) from None
+            log.warning("skipping image id=%d: %s", image_id, e)
             skipped.append(str(path))
             continue
-        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         x, matrix = runtime.preprocess(rgb)  # (3, H, W) float32, 2x3 original -> input
         batch.append((image_id, rgb.shape[:2], x, matrix))
         if len(batch) >= batch_size:

@@ -9,6 +9,8 @@ the Hydra run dir ``outputs/predict/<time>``):
   their index. ``images.json`` lists each id's file (or frame), width and height.
 * the inputs with the skeletons drawn (one colour per limb): ``images/<name>.jpg``, or
   ``<video stem>_pose.mp4``.
+* ``summary.json``: the timings below and ``skipped_images``, the unreadable images of a folder
+  (each is skipped with a warning; the others are still predicted).
 
 Prints frames per second over reading, pre-processing, network and decoding, with each one's
 share of the time (drawing and writing the pictures are reported apart).
@@ -34,6 +36,7 @@ from tqdm import tqdm
 from datasets.config import as_plain
 from datasets.errors import user_errors
 from datasets.files import IMAGE_SUFFIXES, resolve_path, write_json
+from datasets.images import MAX_PIXELS, ImageError, read_rgb
 from inference.cli import alias_model_argument, default_output_to_run_dir
 from inference.cocoeval import skeletons_to_coco
 from inference.draw import draw_skeletons, write_rgb
@@ -84,12 +87,20 @@ def is_video(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES
 
 
-def iter_frames(source: Path, timer: Timer, max_frames: int | None = None) -> Iterator[Frame]:
-    """Frames of an image, a folder of images (sorted by name) or a video, read as RGB."""
+def iter_frames(
+    source: Path,
+    timer: Timer,
+    max_frames: int | None = None,
+    skipped: list[str] | None = None,
+    max_pixels: int | None = MAX_PIXELS,
+) -> Iterator[Frame]:
+    """Frames of an image, a folder of images (sorted by name) or a video, read as RGB.
+
+    In a folder, an unreadable image is logged, appended to ``skipped`` and passed over (the
+    others are still predicted); a single image or a video that cannot be read raises ImageError.
+    """
     if is_video(source):
-        cap = cv2.VideoCapture(str(source))
-        if not cap.isOpened():
-            raise OSError(f"could not open video {source}")
+        cap = open_video(source)
         try:
             index = 0
             while max_frames is None or index < max_frames:
@@ -114,12 +125,28 @@ def iter_frames(source: Path, timer: Timer, max_frames: int | None = None) -> It
         raise FileNotFoundError(f"input not found: {source}")
     for n, path in enumerate(files[:max_frames] if max_frames else files):
         start = time.perf_counter()
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise OSError(f"could not read image {path}")
-        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        try:
+            rgb = read_rgb(path, max_pixels)
+        except ImageError as e:
+            if skipped is None or not source.is_dir():
+                raise
+            log.warning("skipping %s", e)
+            skipped.append(str(path))
+            continue
         timer.add("read", start)
         yield Frame(rgb, image_id_of(path, n + 1), path.stem)
+
+
+def open_video(source: Path) -> cv2.VideoCapture:
+    """An opened capture of ``source`` that has at least a frame size; ImageError otherwise."""
+    cap = cv2.VideoCapture(str(source))
+    if not cap.isOpened() or cap.get(cv2.CAP_PROP_FRAME_WIDTH) <= 0:
+        cap.release()
+        raise ImageError(
+            f"cannot read video {source}: it is empty, corrupt or in a format OpenCV cannot "
+            "decode (convert it, e.g. ffmpeg -i IN -c:v libx264 OUT.mp4)"
+        )
+    return cap
 
 
 def count_frames(source: Path) -> int | None:
@@ -225,7 +252,7 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     writer = None
     video_tmp = video_out = None
     if video and draw:
-        cap = cv2.VideoCapture(str(source))
+        cap = open_video(source)
         fps_in = cap.get(cv2.CAP_PROP_FPS) or 25.0
         size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
         cap.release()
@@ -247,6 +274,7 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     if max_frames and total:
         total = min(total, int(max_frames))
     pending: list[Frame] = []
+    skipped: list[str] = []  # unreadable images of a folder
 
     def flush() -> None:
         skeletons = predictor([f.image for f in pending])
@@ -267,7 +295,14 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
     with tqdm(total=total, desc="predict", unit="img" if not video else "frame") as bar:
         try:
-            for frame in iter_frames(source, timer, int(max_frames) if max_frames else None):
+            frames = iter_frames(
+                source,
+                timer,
+                int(max_frames) if max_frames else None,
+                skipped,
+                cfg.get("max_pixels", MAX_PIXELS),
+            )
+            for frame in frames:
                 pending.append(frame)
                 if len(pending) == batch_size:
                     flush()
@@ -282,6 +317,10 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     pred_path = write_json(out_dir / "predictions.json", results, indent=None)
     write_json(out_dir / "images.json", images, indent=None)
     stats = timer.summary(len(images))
+    stats["skipped_images"] = skipped
+    write_json(out_dir / "summary.json", stats)
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable images (see the warnings above)")
     share = ", ".join(f"{s} {stats['share'][s]:.0%}" for s in STAGES)
     print(
         f"{stats['frames']} {'frames' if video else 'images'}, {len(results)} skeletons; "

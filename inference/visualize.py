@@ -31,6 +31,7 @@ from datasets.coco import CocoKeypoints
 from datasets.config import as_plain
 from datasets.errors import user_errors
 from datasets.files import resolve_path
+from datasets.images import read_rgb
 from datasets.targets import TargetConfig
 from datasets.topology import Topology, topology_from_config
 from inference.cli import alias_model_argument, default_output_to_run_dir
@@ -48,7 +49,6 @@ from inference.draw import (
     map_to_image,
     overlay,
     part_colors,
-    read_rgb,
     titled,
     write_rgb,
 )

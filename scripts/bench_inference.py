@@ -36,10 +36,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from datasets.files import list_images  # noqa: E402
+from datasets.images import read_rgb  # noqa: E402
 from datasets.topology import Topology  # noqa: E402
 from export.onnx import export_onnx  # noqa: E402
 from export.quantize import quantize_int8  # noqa: E402
-from inference.draw import read_rgb  # noqa: E402
 from inference.predict import Predictor  # noqa: E402
 from inference.runtime import OnnxRuntime, Runtime  # noqa: E402
 from models.contract import ModelInfo  # noqa: E402

@@ -14,6 +14,7 @@ import torch
 from datasets import coco as coco_mod
 from datasets.augment import AugmentConfig, color_matrix, sample_affine
 from datasets.coco import CocoKeypoints, build_dataset, collate
+from datasets.errors import UserError
 from datasets.geometry import apply, fit_matrix
 from datasets.targets import TargetConfig, ignore_mask
 from datasets.topology import Topology
@@ -338,7 +339,7 @@ def test_bad_images_are_skipped_counted_and_warned(tmp_path, coco_mini):
     assert "truncated" in text and "not a decodable image" in text and "cannot read" in text
     assert len(caught) == 3  # one warning per bad image
     files[3].unlink()
-    with pytest.raises(RuntimeError, match="unusable images in a row"), pytest.warns(UserWarning):
+    with pytest.raises(UserError, match="unusable images in a row"), pytest.warns(UserWarning):
         ds[0]
 
 
@@ -473,3 +474,42 @@ def test_targets_on_device_match_worker_targets(coco_mini):
 
 def test_module_docstring_says_no_normalisation():
     assert "Not mean/std normalised" in coco_mod.__doc__
+
+
+def _tiny_set(tmp_path: Path, n: int = 4) -> tuple[Path, Path]:
+    from tests._train_data import write_coco_set
+
+    root = write_coco_set(tmp_path / "coco", n_train=n, n_val=1)
+    return root / "annotations" / "person_keypoints_train2017_modified.json", root / "train2017"
+
+
+@pytest.mark.parametrize("augment", [None, {}], ids=["eval", "train"])
+def test_zero_byte_images_take_the_skip_path_also_when_a_replacement_is_bad(tmp_path, augment):
+    """A 0-byte file used to raise cv2.error (-215 !buf.empty()) in the worker; and a random
+    replacement can land on another bad image: both end in a good sample, counted."""
+    ann, images = _tiny_set(tmp_path)
+    files = sorted(images.iterdir())
+    for f in files[:3]:
+        f.write_bytes(b"")  # three of four images empty
+    ds = CocoKeypoints(ann, images, Topology.named("coco18"), augment=augment, input_size=(64, 64))
+    good_id = int(files[3].stem)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        samples = [ds[i % 4] for i in range(12)]
+    assert {s["image_id"] for s in samples} == {good_id}
+    assert "is empty (0 bytes)" in str(caught[0].message)
+    batch = collate(samples)
+    assert int(batch["skipped"]) == ds.num_bad == sum(s["skipped"] for s in samples) >= 9
+    assert [s["skipped"] for s in samples[3::4]] == [0, 0, 0]  # the good one, asked directly
+
+
+def test_pixel_cap_in_the_dataset_is_a_skip(tmp_path):
+    ann, images = _tiny_set(tmp_path, n=2)
+    ds = CocoKeypoints(
+        ann, images, Topology.named("coco18"), augment=None, input_size=(64, 64), max_pixels=1000
+    )
+    with (
+        pytest.warns(UserWarning, match="over max_pixels=1000"),
+        pytest.raises(UserError, match="2 unusable images in a row"),
+    ):
+        ds[0]

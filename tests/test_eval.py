@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+from datasets.images import ImageError
 from datasets.neck import add_neck
 from datasets.topology import Topology
 from inference.cocoeval import (
@@ -341,7 +342,7 @@ def test_model_mode_missing_images(tmp_path, monkeypatch):
         lambda *a, **k: OracleRuntime(load_coco(data), (160, 224), "squash"),
     )
     cfg = _cfg(annotations=str(ann), model_path=str(ann), output=str(tmp_path / "out"))
-    with pytest.raises(FileNotFoundError, match=r"image id=2 .*000000000002.jpg"):
+    with pytest.raises(ImageError, match=r"image id=2: cannot read image .*000000000002.jpg"):
         run(cfg)
     # skipping is explicit; the runtime stand-in reads ids in order, so skip the last image
     data["images"][-1]["file_name"] = "missing.jpg"

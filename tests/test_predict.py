@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from datasets.geometry import apply
+from datasets.images import ImageError
 from datasets.targets import TargetConfig, render_targets
 from datasets.topology import Topology
 from export.__main__ import run as export
@@ -177,7 +178,7 @@ def test_bad_inputs_are_named(onnx_model, tmp_path):
         run({"input": str(tmp_path / "empty"), "model": str(onnx_model), "output": str(tmp_path)})
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 not really")
-    with pytest.raises(OSError, match="could not read image .*broken.jpg"):
+    with pytest.raises(ImageError, match=r"broken\.jpg is (truncated|not a decodable image)"):
         run({"input": str(broken), "model": str(onnx_model), "output": str(tmp_path / "b")})
 
 
@@ -200,3 +201,29 @@ def test_cli_on_coco_mini(onnx_model, tmp_path, coco_mini):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "FPS" in proc.stdout and "network" in proc.stdout
     assert len(json.loads((tmp_path / "images.json").read_text())) == 3
+
+
+def test_one_unreadable_image_in_a_folder_is_skipped_and_counted(onnx_model, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(src / f"{i + 1:012d}.jpg"), random_image(64, 96, seed=i))
+    (src / "000000000002.jpg").write_bytes(b"")  # the middle one: empty
+    out = tmp_path / "out"
+    r = run({"input": str(src), "model": str(onnx_model), "output": str(out)})
+    images = json.loads((out / "images.json").read_text())
+    assert [im["id"] for im in images] == [1, 3]  # the good ones are still predicted
+    assert r["stats"]["skipped_images"] == [str(src / "000000000002.jpg")]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["skipped_images"] == [str(src / "000000000002.jpg")]
+    assert summary["frames"] == 2
+
+
+def test_corrupt_video_names_the_input(onnx_model, tmp_path):
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 100)
+    with pytest.raises(ImageError, match=r"cannot read video .*clip\.mp4: it is empty, corrupt"):
+        run({"input": str(video), "model": str(onnx_model), "output": str(tmp_path / "o")})
+    with pytest.raises(ImageError, match="cannot read video"):
+        run({"input": str(video), "model": str(onnx_model), "output": str(tmp_path / "o2"),
+             "draw": False})  # fmt: skip

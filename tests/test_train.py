@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -257,3 +258,22 @@ def test_cuda_amp_channels_last_training(tmp_path):
     assert "scaler" in ck
     expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     assert resolve_amp("auto", torch.device("cuda")) is expected
+
+
+def test_empty_images_are_skipped_and_counted_in_the_summary(tmp_path):
+    """A 0-byte image in the training and the validation set (read in a loader worker) is
+    replaced, and the counts reach summary.json; training goes on."""
+    from tests._train_data import compose_train, train_args, write_coco_set
+
+    data = write_coco_set(tmp_path / "coco", n_train=4, n_val=2)
+    (data / "train2017" / "000000000001.jpg").write_bytes(b"")
+    (data / "val2017" / "000000000005.jpg").write_bytes(b"")
+    args = train_args(
+        data, tmp_path / "run", "epochs=1", "steps_per_epoch=4", "val_every=1",
+        "data.num_workers=1",
+    )  # fmt: skip
+    summary = run(compose_train(args))  # (the warnings are the worker's, on its stderr)
+    assert summary["skipped_images"] == {"train": 1, "val": 1}
+    saved = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert saved["skipped_images"] == {"train": 1, "val": 1}
+    assert saved["epochs"][0]["skipped_images"] == 1

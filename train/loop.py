@@ -290,10 +290,12 @@ def train_one_epoch(
     )
     it = iter(loader)
     optimizer.zero_grad(set_to_none=True)
+    skipped = 0  # bad images the loader replaced (datasets.coco skip-and-count)
     for i in range(n_batches):
         t0 = time.perf_counter()
         batch = next(it)
         win_wait += time.perf_counter() - t0
+        skipped += int(batch.get("skipped", 0))
         images, heat_t, paf_t, mask = batch_to_device(batch, ctx, map_hw)
         last_micro = (i + 1) % accum == 0
         # DDP: all-reduce gradients only on the micro-batch that ends an optimizer step
@@ -349,7 +351,13 @@ def train_one_epoch(
     bar.close()
     del it  # stop this epoch's workers now
     total = sums[:3] / sums[3].clamp_min(1)
-    return {"loss": float(total[0]), "loss_heatmap": float(total[1]), "loss_paf": float(total[2])}
+    skipped = int(du.all_reduce_sum(torch.tensor([float(skipped)], device=ctx.device)).item())
+    return {
+        "loss": float(total[0]),
+        "loss_heatmap": float(total[1]),
+        "loss_paf": float(total[2]),
+        "skipped_images": skipped,
+    }
 
 
 def log_images(
@@ -380,7 +388,7 @@ def evaluate(model: nn.Module, loader: DataLoader, ctx: Context, epoch: int) -> 
     stride = unwrap_model(model).stride
     map_hw = (input_hw[0] // stride, input_hw[1] // stride)
     limit = cfg.get("val_steps")
-    sums = torch.zeros(4, device=ctx.device, dtype=torch.float64)
+    sums = torch.zeros(5, device=ctx.device, dtype=torch.float64)  # 3 losses, images, skipped
     results: list[dict[str, Any]] = []
     image_ids: list[int] = []
     want_ap = bool(cfg.get("val_ap", True)) and ctx.decoder is not None
@@ -393,7 +401,10 @@ def evaluate(model: nn.Module, loader: DataLoader, ctx: Context, epoch: int) -> 
         images, heat_t, paf_t, mask = batch_to_device(batch, ctx, map_hw)
         loss, l_heat, l_paf, (heat, paf) = compute_loss(model, images, heat_t, paf_t, mask, ctx)
         n = images.shape[0]
-        sums += torch.stack([loss * n, l_heat * n, l_paf * n, loss.new_tensor(float(n))]).double()
+        skipped = loss.new_tensor(float(batch.get("skipped", 0)))
+        sums += torch.stack(
+            [loss * n, l_heat * n, l_paf * n, loss.new_tensor(float(n)), skipped]
+        ).double()
         if first is None:
             first = (images[0], (heat[:1], paf[:1]), heat_t[0])
         if want_ap:
@@ -405,6 +416,7 @@ def evaluate(model: nn.Module, loader: DataLoader, ctx: Context, epoch: int) -> 
         "val_loss": float(sums[0] / sums[3].clamp_min(1)),
         "val_loss_heatmap": float(sums[1] / sums[3].clamp_min(1)),
         "val_loss_paf": float(sums[2] / sums[3].clamp_min(1)),
+        "val_skipped_images": int(sums[4]),
     }
     if want_ap:
         gathered = du.all_gather_objects((results, image_ids))
@@ -656,6 +668,15 @@ def _run(cfg, dist, out_dir, train_set, val_set, collate_fn) -> dict[str, Any]:
         du.barrier()
     summary["replica_checksums"] = du.check_replicas_in_sync(model)
     summary["step"] = ctx.step
+    summary["skipped_images"] = {
+        "train": sum(r.get("skipped_images", 0) for r in summary["epochs"]),
+        "val": sum(r.get("val_skipped_images", 0) for r in summary["epochs"]),
+    }
+    if any(summary["skipped_images"].values()):
+        log.warning(
+            "skipped unusable images (see the warnings): %d in training, %d in validation",
+            *summary["skipped_images"].values(),
+        )
     summary["minutes"] = (time.perf_counter() - t_start) / 60
     summary["history"] = ctx.history
     if writer is not None:
