@@ -6,13 +6,21 @@ its outputs (annotation files, stamps, configs, results, decoder configs) throug
 which then replaces the destination with ``os.replace`` (atomic on POSIX within one filesystem); a
 failure removes the temporary file.
 
+Permissions: ``mkstemp`` creates files readable by their owner only (0600); every output gets
+the mode a plain ``open`` would give it (0666 less the umask) before it takes its final name, so
+others on shared storage can read checkpoints, ONNX files and results as the umask allows.
+
 User paths: the Hydra apps do not change directory, and every path a user types is resolved
 against the launch directory with ``resolve_path``.
+
+Run directories: ``claim_dir`` gives each run a directory of its own, even when two commands
+start within the same second (the time-stamped default names would otherwise be shared).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import tempfile
@@ -49,10 +57,44 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp's 0600 -> what open() would have given
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def umask() -> int:
+    """The process's umask, read without changing it where Linux says it (``os.umask`` can only
+    be read by setting it, which races with other threads creating files)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+CLAIM_MARKER = ".claimed"
+
+
+def claim_dir(base: str | Path) -> Path:
+    """A run directory of this process's own: ``base``, else ``base_1``, ``base_2``, ... The
+    claim is the exclusive creation of a marker file inside, so of two commands started within
+    the same second (same time-stamped name) each gets its own directory; an existing directory
+    that no run claimed (an empty folder the user made) is taken as it is."""
+    base = Path(base)
+    for n in itertools.count():
+        path = base if n == 0 else base.with_name(f"{base.name}_{n}")
+        path.mkdir(parents=True, exist_ok=True)
+        try:
+            (path / CLAIM_MARKER).open("x").close()
+        except FileExistsError:
+            continue
+        return path
+    raise AssertionError("unreachable")
 
 
 def _atomic(path: str | Path, write: Callable[[IO[str]], None]) -> Path:

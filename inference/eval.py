@@ -43,7 +43,7 @@ from datasets.files import resolve_path, write_json
 from datasets.images import MAX_PIXELS, ImageError, read_rgb
 from datasets.targets import TargetConfig
 from datasets.topology import topology_from_config
-from inference.cli import alias_model_argument, default_output_to_run_dir
+from inference.cli import alias_model_argument, default_output_to_run_dir, output_dir
 from inference.cocoeval import (
     evaluate,
     load_coco,
@@ -63,9 +63,7 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     annotations = resolve_path(cfg.get("annotations"))
     if annotations is None:
         raise ValueError("give annotations=PATH (a COCO person_keypoints file)")
-    out_dir = resolve_path(cfg.get("output")) or Path("outputs") / "eval" / time.strftime(
-        "%Y-%m-%d_%H-%M-%S"
-    )
+    out_dir = output_dir(cfg, "eval")
     model_path = resolve_path(cfg.get("model_path") or cfg.get("model"))
     gt = load_coco(annotations)
     category = person_category(gt, cfg.get("category_id"))

@@ -37,7 +37,7 @@ from datasets.config import as_plain
 from datasets.errors import user_errors
 from datasets.files import IMAGE_SUFFIXES, resolve_path, write_json
 from datasets.images import MAX_PIXELS, ImageError, read_rgb
-from inference.cli import alias_model_argument, default_output_to_run_dir
+from inference.cli import alias_model_argument, default_output_to_run_dir, output_dir
 from inference.cocoeval import skeletons_to_coco
 from inference.draw import draw_skeletons, write_rgb
 from inference.runtime import Runtime, load_runtime
@@ -228,9 +228,7 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     model_path = resolve_path(cfg.get("model_path") or cfg.get("model"))
     if source is None or model_path is None:
         raise ValueError("give input=<image|folder|video> and model=<.onnx|.engine|.pth>")
-    out_dir = resolve_path(cfg.get("output")) or Path("outputs/predict") / time.strftime(
-        "%Y-%m-%d_%H-%M-%S"
-    )
+    out_dir = output_dir(cfg, "predict")
     out_dir.mkdir(parents=True, exist_ok=True)
     if not source.exists():
         raise FileNotFoundError(f"input not found: {source}")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ from datasets.files import resolve_path
 from datasets.images import read_rgb
 from datasets.targets import TargetConfig
 from datasets.topology import Topology, topology_from_config
-from inference.cli import alias_model_argument, default_output_to_run_dir
+from inference.cli import alias_model_argument, default_output_to_run_dir, output_dir
 from inference.decoder import build_decoder
 from inference.draw import (
     colorize_maps,
@@ -311,9 +310,7 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     image = cfg.get("image")
     if image is None:
         raise ValueError("give image=PATH (with model=MODEL, or oracle=true)")
-    out_dir = resolve_path(cfg.get("output")) or Path("outputs/visualize") / time.strftime(
-        "%Y-%m-%d_%H-%M-%S"
-    )
+    out_dir = output_dir(cfg, "visualize")
     if cfg.get("oracle"):
         maps = maps_from_ground_truth(str(image), cfg, topology_from_config(cfg["topology"]))
     else:

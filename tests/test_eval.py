@@ -412,3 +412,23 @@ def test_model_mode_with_an_onnx_model(tmp_path):
         w, h = sizes[r["image_id"]]
         on = kp[:, 2] > 0
         assert ((kp[on, 0] >= 0) & (kp[on, 0] <= w) & (kp[on, 1] >= 0) & (kp[on, 1] <= h)).all()
+
+
+def test_two_runs_in_the_same_second_get_their_own_run_dirs(tmp_path):
+    """Two evals started together resolve the same time-stamped run dir (here pinned by
+    hydra.run.dir): each must claim its own, so neither results.json is lost."""
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps(make_dataset()))
+    run_dir = tmp_path / "outputs" / "eval" / "2026-01-01_00-00-00"
+    args = [sys.executable, "-m", "inference.eval", "oracle=true", f"annotations={ann}",
+            "input_size=64", f"hydra.run.dir={run_dir}"]  # fmt: skip
+    procs = [subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]  # fmt: skip
+    for p in procs:
+        _, err = p.communicate(timeout=180)
+        assert p.returncode == 0, err[-2000:]
+    dirs = sorted(d.name for d in run_dir.parent.iterdir())
+    assert dirs == ["2026-01-01_00-00-00", "2026-01-01_00-00-00_1"]
+    for d in dirs:
+        assert (run_dir.parent / d / "results.json").is_file()
+        assert (run_dir.parent / d / "eval.log").is_file()  # Hydra's log: one per run too
