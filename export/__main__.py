@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from datasets.config import as_plain
 from datasets.errors import user_errors
-from datasets.files import resolve_path, write_json
+from datasets.files import atomic_path, resolve_path, write_json
 from export.onnx import (
     ParityError,
     check_onnx,
@@ -63,13 +63,16 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
         dynamic_batch=bool(cfg.get("dynamic_batch", True)),
         opset=int(cfg.get("opset", 17)),
     )
-    export_to(output, deconv_as_conv=deconv_as_conv)
-    check_onnx(output)
     parity_cfg = cfg.get("parity") or {}
     folders = [resolve_path(p) for p in parity_cfg.get("images") or []]
     images, source = parity_inputs(info, folders, int(parity_cfg.get("count", 4)))
     atol = float(parity_cfg.get("atol", 1e-4))
-    diffs = parity_check(output, model, info, images, atol=atol)
+    # written under a temporary name and checked there: a graph that fails the checker or the
+    # parity check never replaces a good file at the final name
+    with atomic_path(output, suffix=".onnx.tmp") as tmp:
+        export_to(tmp, deconv_as_conv=deconv_as_conv)
+        check_onnx(tmp)
+        diffs = parity_check(tmp, model, info, images, atol=atol, name=output)
     print(f"wrote {output}")
     print(f"onnx.checker: ok; parity vs torch on {source} (atol {atol:g}):")
     for name, d in diffs.items():
@@ -127,7 +130,7 @@ def main(cfg: DictConfig) -> None:
     try:
         run(cfg)
     except ParityError as e:
-        print(f"PARITY CHECK FAILED: {e}", file=sys.stderr)
+        print(f"PARITY CHECK FAILED: {e} (the file was not written)", file=sys.stderr)
         sys.exit(2)
 
 

@@ -270,12 +270,15 @@ def parity_check(
     info: ModelInfo,
     images: np.ndarray,
     atol: float = PARITY_ATOL,
+    name: str | Path | None = None,
 ) -> dict[str, float]:
     """Max |ONNX Runtime - torch| per output tensor on ``images`` (N, 3, H, W) float32.
 
     Runs ONNX Runtime on CPU with every graph optimisation on (what deployment runs). Raises
-    ``ParityError`` naming each tensor whose difference exceeds ``atol``.
+    ``ParityError`` naming each tensor whose difference exceeds ``atol`` (and the file as
+    ``name``, default ``onnx_path``: the final name of a file checked under a temporary one).
     """
+    name = name or onnx_path
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
@@ -290,16 +293,16 @@ def parity_check(
         with torch.inference_mode():
             ref = [t.numpy() for t in wrapper(torch.from_numpy(batch))]
         got = sess.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
-        for name, r, g in zip(OUTPUT_NAMES, ref, got, strict=True):
+        for out, r, g in zip(OUTPUT_NAMES, ref, got, strict=True):
             if r.shape != g.shape:
-                raise ParityError(f"{onnx_path}: output {name} shape {g.shape} != torch {r.shape}")
+                raise ParityError(f"{name}: output {out} shape {g.shape} != torch {r.shape}")
             d = float(np.max(np.abs(r.astype(np.float64) - g)))
-            diffs[name] = max(diffs[name], d if np.isfinite(d) else float("inf"))
+            diffs[out] = max(diffs[out], d if np.isfinite(d) else float("inf"))
     bad = {k: v for k, v in diffs.items() if not v <= atol}
     if bad:
         detail = ", ".join(f"{k}: max abs diff {v:.3g}" for k, v in bad.items())
         raise ParityError(
-            f"{onnx_path}: ONNX Runtime differs from torch by more than {atol:g} on "
+            f"{name}: ONNX Runtime differs from torch by more than {atol:g} on "
             f"{len(images)} images ({detail})"
         )
     return diffs

@@ -198,3 +198,23 @@ def test_int8_without_calibration_images_is_refused(ckpt, tmp_path):
     cfg["quantize"] = {"images": [str(tmp_path / "nothing-here")], "count": 4}
     with pytest.raises(FileNotFoundError, match="INT8 calibration needs real images"):
         run(cfg)
+
+
+@pytest.mark.parametrize("failure", ["checker", "parity"])
+def test_failed_export_never_replaces_a_good_file(ckpt, tmp_path, monkeypatch, failure):
+    import export.__main__ as export_main
+
+    out = tmp_path / "good.onnx"
+    run(export_cfg(ckpt, output=str(out)))
+    good = out.read_bytes()
+
+    def fail(*args, **kwargs):
+        if failure == "checker":
+            raise onnx.checker.ValidationError("broken graph")
+        raise ParityError(f"{kwargs['name']}: ONNX Runtime differs from torch")
+
+    monkeypatch.setattr(export_main, "check_onnx" if failure == "checker" else "parity_check", fail)
+    with pytest.raises((onnx.checker.ValidationError, ParityError), match=r"broken|good\.onnx"):
+        run(export_cfg(ckpt, output=str(out)))
+    assert out.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.decoder.json", "good.onnx"]
