@@ -13,7 +13,8 @@ import dataclasses
 import functools
 import logging
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -48,13 +49,7 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError("give the checkpoint: python -m export ckpt=path/to/epoch_N.pth")
     output = resolve_path(cfg.get("output")) or ckpt.with_suffix(".onnx")
     model, config = build_from_checkpoint(ckpt)
-    # the export config's decoder parameters (overridable on the command line) win over any
-    # the training config carried; the max-pool kernel is baked into the graph
-    dec = {**decoder_params(config.get("decoder")), **decoder_params(cfg.get("decoder"))}
-    dec.setdefault("maxpool_kernel", 3)
-    info = ModelInfo.from_checkpoint_config(config, stride=model.stride, decoder=dec)
-    info = dataclasses.replace(info, layout=str(cfg.get("layout", "nhwc")))
-
+    info = model_info(cfg, config, model.stride)
     deconv_as_conv = bool(cfg.get("deconv_as_conv", False))
     export_to = functools.partial(  # (path, deconv_as_conv=...): one graph spec for every file
         export_onnx,
@@ -89,39 +84,58 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "info": info,
     }
     if cfg.get("int8"):
-        q_cfg = cfg.get("quantize") or {}
-        q_images = q_cfg.get("images")
-        if not q_images:
-            # activation ranges must come from the model's own data: a model trained on one
-            # distribution saturates ranges calibrated on another
-            q_images = [
-                (config.get("data") or {}).get("train_images"),
-                "../shared/data/coco-mini/train2017",
-            ]
-        q_folders = [resolve_path(p) for p in q_images if p]
-        q_out = output.with_name(output.stem + ".int8.onnx")
-        q_src = output
-        if not deconv_as_conv:
-            # ONNX Runtime cannot quantise ConvTranspose and runs it with a slow col2im: the
-            # INT8 model is quantised from the exact 2x2 Conv + pixel-shuffle rewrite
-            q_src = output.with_name(output.stem + ".subpixel.tmp.onnx")
-            export_to(q_src, deconv_as_conv=True)
-        try:
-            quantize_int8(q_src, q_out, q_folders, count=int(q_cfg.get("count", 32)))
-        finally:
-            if q_src != output:
-                q_src.unlink(missing_ok=True)
-        # informative only: INT8 cannot meet the fp32 tolerance; bench_inference.py compares
-        # decoded skeletons
-        ref, got = OnnxRuntime(output, info=info)(images), OnnxRuntime(q_out)(images)
-        diff = {k: float(np.abs(ref[k] - got[k]).max()) for k in ref}
-        print(
-            f"wrote {q_out} (max abs diff to fp32 on the parity images: "
-            + ", ".join(f"{k} {v:.2e}" for k, v in diff.items())
-            + ")"
-        )
-        result["int8"] = q_out
+        source_graph = output if deconv_as_conv else None
+        result["int8"] = export_int8(cfg, config, output, info, images, export_to, source_graph)
     return result
+
+
+def model_info(cfg: Mapping[str, Any], config: Mapping[str, Any], stride: int) -> ModelInfo:
+    """The deployed model's metadata: the checkpoint's config, with the export config's decoder
+    parameters (overridable on the command line) winning over any the training config carried;
+    the max-pool kernel is baked into the graph."""
+    dec = {**decoder_params(config.get("decoder")), **decoder_params(cfg.get("decoder"))}
+    dec.setdefault("maxpool_kernel", 3)
+    info = ModelInfo.from_checkpoint_config(config, stride=stride, decoder=dec)
+    return dataclasses.replace(info, layout=str(cfg.get("layout", "nhwc")))
+
+
+def export_int8(
+    cfg: Mapping[str, Any],
+    config: Mapping[str, Any],
+    output: Path,
+    info: ModelInfo,
+    images: np.ndarray,
+    export_to: Callable[..., Path],
+    source_graph: Path | None,
+) -> Path:
+    """``<name>.int8.onnx``, statically quantised from ``source_graph`` (None: a temporary
+    sub-pixel rewrite, exported with ``export_to``); prints its difference to the fp32 model."""
+    q_cfg = cfg.get("quantize") or {}
+    # activation ranges must come from the model's own data: a model trained on one distribution
+    # saturates ranges calibrated on another
+    q_images = q_cfg.get("images") or [
+        (config.get("data") or {}).get("train_images"),
+        "../shared/data/coco-mini/train2017",
+    ]
+    q_folders = [resolve_path(p) for p in q_images if p]
+    q_out = output.with_name(output.stem + ".int8.onnx")
+    q_src = source_graph
+    if q_src is None:
+        # ONNX Runtime cannot quantise ConvTranspose and runs it with a slow col2im: the INT8
+        # model is quantised from the exact 2x2 Conv + pixel-shuffle rewrite
+        q_src = output.with_name(output.stem + ".subpixel.tmp.onnx")
+        export_to(q_src, deconv_as_conv=True)
+    try:
+        quantize_int8(q_src, q_out, q_folders, count=int(q_cfg.get("count", 32)))
+    finally:
+        if q_src != source_graph:
+            q_src.unlink(missing_ok=True)
+    # informative only: INT8 cannot meet the fp32 tolerance; bench_inference.py compares
+    # decoded skeletons
+    ref, got = OnnxRuntime(output, info=info)(images), OnnxRuntime(q_out)(images)
+    diff = ", ".join(f"{k} {float(np.abs(ref[k] - got[k]).max()):.2e}" for k in ref)
+    print(f"wrote {q_out} (max abs diff to fp32 on the parity images: {diff})")
+    return q_out
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")

@@ -29,6 +29,7 @@ import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ from datasets.errors import user_errors
 from datasets.files import resolve_path, write_json
 from datasets.images import MAX_PIXELS, ImageError, read_rgb
 from datasets.targets import TargetConfig
-from datasets.topology import topology_from_config
+from datasets.topology import Topology, topology_from_config
 from inference.cli import alias_model_argument, default_output_to_run_dir, output_dir
 from inference.cocoeval import (
     evaluate,
@@ -57,6 +58,18 @@ from inference.runtime import load_runtime
 log = logging.getLogger("inference.eval")
 
 
+@dataclass
+class Setup:
+    """What the maps are made for: from the model (its metadata) or, in oracle mode, the config."""
+
+    topology: Topology
+    input_hw: tuple[int, int]
+    aspect: str
+    targets: TargetConfig
+    decoder: dict[str, Any]  # the model's own decoder parameters ({} in oracle mode)
+    runtime: Any = None
+
+
 def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Evaluate as configured (see the module docstring); returns stats, paths and counts."""
     cfg = as_plain(cfg)
@@ -67,90 +80,37 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     model_path = resolve_path(cfg.get("model_path") or cfg.get("model"))
     gt = load_coco(annotations)
     category = person_category(gt, cfg.get("category_id"))
-    ids = sorted(gt.getImgIds())
-    if cfg.get("only_with_people"):
-        ids = [i for i in ids if _has_people(gt, i, category)]
-    if cfg.get("max_images"):
-        ids = ids[: int(cfg["max_images"])]
-
-    runtime = None
-    if model_path is not None:
-        kwargs = (
-            {"threads": cfg["threads"]}
-            if cfg.get("threads") and model_path.suffix == ".onnx"
-            else {}
-        )
-        runtime = load_runtime(model_path, device=str(cfg.get("device") or "cpu"), **kwargs)
-        info = runtime.info
-        topology, input_hw, aspect = info.topology, tuple(info.input_size), info.aspect
-        targets = TargetConfig.from_config(info.targets or cfg.get("targets"))
-        model_decoder = dict(info.decoder or {})
-    else:
-        if not cfg.get("oracle"):
-            raise ValueError("give model=PATH (.onnx, .engine/.plan or .pth), or oracle=true")
-        topology = topology_from_config(cfg["topology"])
-        input_hw = _size(cfg.get("input_size"))
-        aspect = str(cfg.get("aspect") or "squash")
-        targets = TargetConfig.from_config(cfg.get("targets"))
-        model_decoder = {}
-    params = dict(cfg.get("decoder") or {})
-    params.update(model_decoder)  # a model's own parameters (e.g. its max-pool kernel) win
-    params.update(cfg.get("decoder_overrides") or {})
-    params.pop("output_scale", None)  # set per image from its size
-    decoder = build_decoder(params, topology)
-
+    ids = _image_ids(gt, category, cfg)
+    setup = _setup(cfg, model_path)
+    decoder = _decoder(cfg, setup)
     t0 = time.perf_counter()
     skipped: list[str] = []
     if cfg.get("oracle"):
-        noise, blur = float(cfg.get("noise") or 0.0), float(cfg.get("blur") or 0.0)
-        mh, mw = input_hw[0] // targets.stride, input_hw[1] // targets.stride
-        what = f"oracle maps {mh}x{mw} (input {input_hw[0]}x{input_hw[1]}, {aspect}"
-        what += f", noise {noise}, blur {blur})" if noise or blur else ")"
-        results = oracle_results(
-            gt,
-            topology,
-            category,
-            decoder,
-            input_hw,
-            targets,
-            aspect,
-            ids,
-            noise,
-            blur,
-            int(cfg.get("seed") or 0),
-        )
+        what, results = _oracle(gt, category, decoder, setup, ids, cfg)
         evaluated = ids
     else:
         images = _images_dir(cfg.get("images"), annotations)
-        what = f"model {model_path.name} (input {input_hw[0]}x{input_hw[1]}, {aspect})"
+        what = f"model {model_path.name} (input {_hw(setup.input_hw)}, {setup.aspect})"
+        batch, skip = int(cfg.get("batch_size") or 1), bool(cfg.get("skip_unreadable"))
+        max_pixels = cfg.get("max_pixels", MAX_PIXELS)
         results, evaluated, skipped = model_results(
-            runtime,
-            decoder,
-            gt,
-            category,
-            ids,
-            images,
-            int(cfg.get("batch_size") or 1),
-            bool(cfg.get("skip_unreadable")),
-            cfg.get("max_pixels", MAX_PIXELS),
+            setup.runtime, decoder, gt, category, ids, images, batch, skip, max_pixels
         )
     seconds = time.perf_counter() - t0
-
     results_path = write_json(out_dir / "results.json", results)
     n_people = sum(_has_people(gt, i, category) for i in evaluated)
     print(
         f"{what}: {len(evaluated)} images ({n_people} with people), {len(results)} detections, "
         f"{seconds:.1f} s" + (f"; {len(skipped)} unreadable images skipped" if skipped else "")
     )
-    stats = evaluate(gt, results, image_ids=evaluated)
     summary = {
-        "stats": stats,
+        "stats": evaluate(gt, results, image_ids=evaluated),
         "mode": "oracle" if cfg.get("oracle") else "model",
         "annotations": str(annotations),
         "model": str(model_path) if model_path else None,
-        "input_size": list(input_hw),
-        "aspect": aspect,
-        "targets": targets.__dict__,
+        "input_size": list(setup.input_hw),
+        "aspect": setup.aspect,
+        "targets": setup.targets.__dict__,
         "decoder": decoder.params,
         "noise": cfg.get("noise"),
         "blur": cfg.get("blur"),
@@ -161,6 +121,69 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     write_json(out_dir / "stats.json", summary)
     log.info("wrote %s and %s", results_path, out_dir / "stats.json")
     return {**summary, "results": str(results_path), "output": str(out_dir)}
+
+
+def _image_ids(gt: Any, category: Mapping[str, Any], cfg: Mapping[str, Any]) -> list[int]:
+    """Every image of the file, or those with people (``only_with_people``), first ``max_images``."""
+    ids = sorted(gt.getImgIds())
+    if cfg.get("only_with_people"):
+        ids = [i for i in ids if _has_people(gt, i, category)]
+    if cfg.get("max_images"):
+        ids = ids[: int(cfg["max_images"])]
+    return ids
+
+
+def _setup(cfg: Mapping[str, Any], model_path: Path | None) -> Setup:
+    """Open the model and read its settings, or take them from the config in oracle mode."""
+    if model_path is None:
+        if not cfg.get("oracle"):
+            raise ValueError("give model=PATH (.onnx, .engine/.plan or .pth), or oracle=true")
+        return Setup(
+            topology_from_config(cfg["topology"]),
+            _size(cfg.get("input_size")),
+            str(cfg.get("aspect") or "squash"),
+            TargetConfig.from_config(cfg.get("targets")),
+            {},
+        )
+    threads = cfg.get("threads") if model_path.suffix == ".onnx" else None
+    kwargs = {"threads": threads} if threads else {}
+    runtime = load_runtime(model_path, device=str(cfg.get("device") or "cpu"), **kwargs)
+    info = runtime.info
+    targets = TargetConfig.from_config(info.targets or cfg.get("targets"))
+    topology, input_hw, aspect = info.topology, tuple(info.input_size), info.aspect
+    return Setup(topology, input_hw, aspect, targets, dict(info.decoder or {}), runtime)
+
+
+def _decoder(cfg: Mapping[str, Any], setup: Setup) -> Any:
+    """The config's decoder, then the model's own parameters (e.g. its max-pool kernel), then
+    ``decoder_overrides``; ``output_scale`` is set per image from its size."""
+    params = {**(cfg.get("decoder") or {}), **setup.decoder, **(cfg.get("decoder_overrides") or {})}
+    params.pop("output_scale", None)
+    return build_decoder(params, setup.topology)
+
+
+def _oracle(
+    gt: Any,
+    category: Mapping[str, Any],
+    decoder: Any,
+    setup: Setup,
+    ids: Sequence[int],
+    cfg: Mapping[str, Any],
+) -> tuple[str, list[dict[str, Any]]]:
+    """Oracle-mode results and a description of the maps."""
+    noise, blur = float(cfg.get("noise") or 0.0), float(cfg.get("blur") or 0.0)
+    (h, w), stride = setup.input_hw, setup.targets.stride
+    what = f"oracle maps {h // stride}x{w // stride} (input {_hw(setup.input_hw)}, {setup.aspect}"
+    what += f", noise {noise}, blur {blur})" if noise or blur else ")"
+    results = oracle_results(
+        *(gt, setup.topology, category, decoder, setup.input_hw, setup.targets, setup.aspect),
+        *(ids, noise, blur, int(cfg.get("seed") or 0)),
+    )
+    return what, results
+
+
+def _hw(hw: Sequence[int]) -> str:
+    return f"{hw[0]}x{hw[1]}"
 
 
 def model_results(

@@ -41,6 +41,46 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             return model
 
 
+def training_state(
+    epoch: int,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler,
+    config: Mapping[str, Any],
+    world_size: int = 1,
+) -> dict[str, Any]:
+    """The checkpoint of a training run after ``epoch`` (0-based) and ``step`` optimizer steps:
+    plain data only (``config`` is the resolved training config); the model is unwrapped."""
+    return {
+        "epoch": epoch,
+        "step": step,
+        "model": unwrap_model(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "config": dict(config),
+        "meta": checkpoint_meta(world_size),
+    }
+
+
+def restore_training_state(
+    ckpt: Mapping[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler,
+) -> tuple[int, int]:
+    """Load a checkpoint's states into the (unwrapped) model, optimizer, scheduler and scaler;
+    returns ``(first epoch to run, optimizer steps done)``."""
+    model.load_state_dict(ckpt["model"])
+    for obj, key in ((optimizer, "optimizer"), (scheduler, "scheduler"), (scaler, "scaler")):
+        if ckpt.get(key):
+            obj.load_state_dict(ckpt[key])
+    return int(ckpt["epoch"]) + 1, int(ckpt["step"])
+
+
 def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
     """Write ``state`` to ``path`` atomically (temp file in the same folder + fsync + os.replace).
 

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from datasets import coco, synthetic
 from datasets.config import as_plain
-from datasets.files import atomic_write_text
+from datasets.files import atomic_write_text, resolve_path
 from datasets.geometry import invert
 from datasets.targets import TargetConfig, render_targets_torch
 from datasets.topology import Topology, topology_from_config
@@ -42,7 +42,12 @@ from inference.decoder import build_decoder
 from models.build import build_model
 from models.checkpoint import load_checkpoint
 from train import distributed as du
-from train.checkpoint import checkpoint_meta, save_checkpoint, unwrap_model
+from train.checkpoint import (
+    restore_training_state,
+    save_checkpoint,
+    training_state,
+    unwrap_model,
+)
 from train.setup import seed_everything, setup_process
 from train.visual import prediction_panel
 
@@ -193,6 +198,7 @@ class Context:
     decoder: Any = None
     step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    val_category: dict[str, Any] | None = None  # COCO category of the val file; None: no val AP
 
     @property
     def device(self) -> torch.device:
@@ -252,6 +258,76 @@ def compute_loss(
     return total, l_heat, l_paf, (heat, paf)
 
 
+class LogWindow:
+    """Loss sums and throughput over the steps since the last log line.
+
+    One all-reduce per window, not per step, keeps logging off the critical path.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.epoch_sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, heat, paf, n
+        self.loss = torch.zeros(3, device=device, dtype=torch.float64)
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss.zero_()
+        self.batches, self.images, self.wait = 0, 0, 0.0
+        self.start, self.cpu = time.perf_counter(), time.process_time()
+
+    def add(self, loss: torch.Tensor, l_heat: torch.Tensor, l_paf: torch.Tensor, n: int) -> None:
+        self.loss += torch.stack([loss.detach(), l_heat.detach(), l_paf.detach()]).double()
+        self.batches += 1
+        self.images += n
+
+    def row(self, ctx: Context, epoch: int, lr: float) -> dict[str, Any]:
+        """The window's means over all ranks (a collective: every rank calls it), then reset."""
+        red = du.all_reduce_sum(torch.cat([self.loss, self.loss.new_tensor([self.batches])]))
+        self.epoch_sums += red
+        mean = (red[:3] / red[3]).tolist()
+        dt = max(time.perf_counter() - self.start, 1e-9)
+        row = {
+            "step": ctx.step,
+            "epoch": epoch,
+            "loss": mean[0],
+            "loss_heatmap": mean[1],
+            "loss_paf": mean[2],
+            "lr": lr,
+            "images_per_s": self.images * ctx.dist.world_size / dt,
+            "data_wait": self.wait / dt,
+            # this process's CPU seconds (all threads): a cost figure that, unlike wall time,
+            # other programs on a shared machine barely disturb
+            "cpu_s": time.process_time() - self.cpu,
+        }
+        if not math.isfinite(row["loss"]):
+            raise FloatingPointError(
+                f"training loss is {row['loss']} at step {ctx.step} (epoch {epoch})"
+            )
+        self.reset()
+        return row
+
+    def epoch_means(self) -> dict[str, float]:
+        total = self.epoch_sums[:3] / self.epoch_sums[3].clamp_min(1)
+        return {
+            "loss": float(total[0]),
+            "loss_heatmap": float(total[1]),
+            "loss_paf": float(total[2]),
+        }
+
+
+def _epoch_batches(loader: DataLoader, cfg: Mapping[str, Any], epoch: int, world: int) -> int:
+    """Micro-batches this epoch: the loader's, capped by ``steps_per_epoch``, whole steps only."""
+    accum = max(int(cfg["grad_accum"]), 1)
+    limit = cfg.get("steps_per_epoch")
+    n_batches = len(loader) if not limit else min(len(loader), int(limit) * accum)
+    n_batches -= n_batches % accum
+    if n_batches == 0:
+        raise ValueError(
+            f"no full batch in epoch {epoch}: {len(loader.dataset)} samples, batch_size "
+            f"{loader.batch_size} x grad_accum {accum} x world {world}"
+        )
+    return n_batches
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -263,24 +339,11 @@ def train_one_epoch(
     """One pass over this rank's shard; returns epoch means (averaged over ranks)."""
     cfg = ctx.cfg
     model.train()
-    accum = max(int(cfg.get("grad_accum", 1)), 1)
-    limit = cfg.get("steps_per_epoch")
-    n_batches = len(loader) if not limit else min(len(loader), int(limit) * accum)
-    n_batches -= n_batches % accum  # whole optimizer steps only
-    if n_batches == 0:
-        raise ValueError(
-            f"no full batch in epoch {epoch}: {len(loader.dataset)} samples, batch_size "
-            f"{loader.batch_size} x grad_accum {accum} x world {ctx.dist.world_size}"
-        )
-    input_hw = tuple(cfg["data"]["input_size"])
-    stride = unwrap_model(model).stride
-    map_hw = (input_hw[0] // stride, input_hw[1] // stride)
-    log_every, image_every = int(cfg.get("log_every", 20)), int(cfg.get("image_every", 0) or 0)
-
-    sums = torch.zeros(4, device=ctx.device, dtype=torch.float64)  # loss, heat, paf, batches
-    win_loss = torch.zeros(3, device=ctx.device, dtype=torch.float64)
-    win_n, win_images, win_wait = 0, 0, 0.0
-    win_start, win_cpu = time.perf_counter(), time.process_time()
+    accum = max(int(cfg["grad_accum"]), 1)
+    n_batches = _epoch_batches(loader, cfg, epoch, ctx.dist.world_size)
+    map_hw = _map_size(cfg, model)
+    log_every, image_every = int(cfg["log_every"]), int(cfg["image_every"] or 0)
+    window = LogWindow(ctx.device)
     bar = tqdm(
         total=n_batches // accum,
         desc=f"epoch {epoch}",
@@ -294,7 +357,7 @@ def train_one_epoch(
     for i in range(n_batches):
         t0 = time.perf_counter()
         batch = next(it)
-        win_wait += time.perf_counter() - t0
+        window.wait += time.perf_counter() - t0
         skipped += int(batch.get("skipped", 0))
         images, heat_t, paf_t, mask = batch_to_device(batch, ctx, map_hw)
         last_micro = (i + 1) % accum == 0
@@ -303,9 +366,7 @@ def train_one_epoch(
         with sync:
             loss, l_heat, l_paf, outputs = compute_loss(model, images, heat_t, paf_t, mask, ctx)
             scaler.scale(loss / accum).backward()
-        win_loss += torch.stack([loss.detach(), l_heat.detach(), l_paf.detach()]).double()
-        win_n += 1
-        win_images += images.shape[0]
+        window.add(loss, l_heat, l_paf, images.shape[0])
         if not last_micro:
             continue
         scaler.step(optimizer)
@@ -314,50 +375,28 @@ def train_one_epoch(
         ctx.step += 1
         bar.update(1)
         if ctx.step % log_every == 0 or i + 1 == n_batches:
-            # one all-reduce per log window, not per step: keeps logging off the critical path
-            red = du.all_reduce_sum(torch.cat([win_loss, win_loss.new_tensor([win_n])]))
-            sums += red
-            mean = (red[:3] / red[3]).tolist()
-            dt = time.perf_counter() - win_start
-            row = {
-                "step": ctx.step,
-                "epoch": epoch,
-                "loss": mean[0],
-                "loss_heatmap": mean[1],
-                "loss_paf": mean[2],
-                "lr": optimizer.param_groups[0]["lr"],
-                "images_per_s": win_images * ctx.dist.world_size / max(dt, 1e-9),
-                "data_wait": win_wait / max(dt, 1e-9),
-                # this process's CPU seconds (all threads): a cost figure that, unlike wall time,
-                # other programs on a shared machine barely disturb
-                "cpu_s": time.process_time() - win_cpu,
-            }
-            if not math.isfinite(row["loss"]):
-                raise FloatingPointError(
-                    f"training loss is {row['loss']} at step {ctx.step} (epoch {epoch})"
-                )
-            ctx.history.append(row)
-            bar.set_postfix(
-                loss=f"{row['loss']:.3g}", ips=f"{row['images_per_s']:.1f}", refresh=False
-            )
-            if ctx.writer is not None:
-                for key in ("loss", "loss_heatmap", "loss_paf", "lr", "images_per_s", "data_wait"):
-                    ctx.writer.add_scalar(f"train/{key}", row[key], ctx.step)
-            win_loss.zero_()
-            win_n, win_images, win_wait = 0, 0, 0.0
-            win_start, win_cpu = time.perf_counter(), time.process_time()
+            row = window.row(ctx, epoch, optimizer.param_groups[0]["lr"])
+            _log_row(row, ctx, bar)
         if ctx.writer is not None and image_every and ctx.step % image_every == 0:
             log_images(ctx, "train", images[0], outputs, heat_t[0])
     bar.close()
     del it  # stop this epoch's workers now
-    total = sums[:3] / sums[3].clamp_min(1)
     skipped = int(du.all_reduce_sum(torch.tensor([float(skipped)], device=ctx.device)).item())
-    return {
-        "loss": float(total[0]),
-        "loss_heatmap": float(total[1]),
-        "loss_paf": float(total[2]),
-        "skipped_images": skipped,
-    }
+    return {**window.epoch_means(), "skipped_images": skipped}
+
+
+def _map_size(cfg: Mapping[str, Any], model: nn.Module) -> tuple[int, int]:
+    """(h, w) of the output maps for ``data.input_size``."""
+    (h, w), stride = cfg["data"]["input_size"], unwrap_model(model).stride
+    return h // stride, w // stride
+
+
+def _log_row(row: dict[str, Any], ctx: Context, bar: Any) -> None:
+    ctx.history.append(row)
+    bar.set_postfix(loss=f"{row['loss']:.3g}", ips=f"{row['images_per_s']:.1f}", refresh=False)
+    if ctx.writer is not None:
+        for key in ("loss", "loss_heatmap", "loss_paf", "lr", "images_per_s", "data_wait"):
+            ctx.writer.add_scalar(f"train/{key}", row[key], ctx.step)
 
 
 def log_images(
@@ -379,19 +418,18 @@ def log_images(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, ctx: Context, epoch: int) -> dict[str, float]:
+def evaluate(model: nn.Module, loader: DataLoader, ctx: Context) -> dict[str, float]:
     """Validation loss over this rank's shard (averaged over ranks) and, when the decoder is
     available and ``val_ap`` is on, COCO keypoint AP of the decoded predictions (rank 0)."""
     cfg = ctx.cfg
     model.eval()
     input_hw = tuple(cfg["data"]["input_size"])
-    stride = unwrap_model(model).stride
-    map_hw = (input_hw[0] // stride, input_hw[1] // stride)
+    map_hw = _map_size(cfg, model)
     limit = cfg.get("val_steps")
     sums = torch.zeros(5, device=ctx.device, dtype=torch.float64)  # 3 losses, images, skipped
     results: list[dict[str, Any]] = []
     image_ids: list[int] = []
-    want_ap = bool(cfg.get("val_ap", True)) and ctx.decoder is not None
+    want_ap = ctx.val_category is not None and ctx.decoder is not None
     first = None
     for i, batch in enumerate(
         tqdm(loader, desc="val", disable=not ctx.dist.is_main, leave=False, dynamic_ncols=True)
@@ -449,7 +487,7 @@ def _decode_to_coco(
         image_id = int(batch["image_id"][b])
         back = invert(batch["matrix"][b].numpy())
         results += skeletons_to_coco(
-            skels, image_id, ctx.topology, ctx.cfg["_val_category"], transform=back
+            skels, image_id, ctx.topology, ctx.val_category, transform=back
         )
         ids.append(image_id)
     return results, ids
@@ -491,6 +529,84 @@ def resolve_resume(resume: Any, out_dir: Path) -> Path | None:
     return path
 
 
+def run_dir(cfg: Mapping[str, Any], out_dir: str | Path | None) -> Path:
+    """The run directory, absolute, the same on every rank (rank 0's view of it wins)."""
+    out = resolve_path(out_dir or cfg.get("out_dir") or f"runs/{cfg['name']}")
+    # every rank must agree on the run dir (a relative path + different cwd would split it)
+    return Path(du.broadcast_object(str(out)))
+
+
+def resume_point(resume: Any, out: Path, dist: du.DistInfo) -> Path | None:
+    """The checkpoint to resume from (``resolve_resume``), decided by rank 0 and followed by
+    every rank, which must see the same file."""
+    decision: tuple = ()
+    if dist.is_main:
+        try:
+            found = resolve_resume(resume, out)
+            decision = ("ok", str(found) if found else None)
+        except (FileExistsError, FileNotFoundError) as e:
+            decision = (type(e).__name__, str(e))
+    decision = du.broadcast_object(decision)
+    if decision[0] != "ok":
+        error = {"FileExistsError": FileExistsError, "FileNotFoundError": FileNotFoundError}
+        raise error[decision[0]](decision[1])
+    path = Path(decision[1]) if decision[1] else None
+    if path is not None and not path.is_file():
+        raise FileNotFoundError(
+            f"rank {dist.rank} cannot see {path}, which rank 0 resumes from: out_dir must be on "
+            "storage that every node mounts at the same path"
+        )
+    return path
+
+
+def wants_val_ap(cfg: Mapping[str, Any], val_set: Dataset | None) -> bool:
+    """COCO AP on validation: asked for, and there is ground truth in a COCO file."""
+    val_ann = (cfg.get("data") or {}).get("val_annotations")
+    return bool(cfg["val_ap"] and val_set is not None and val_ann and Path(val_ann).is_file())
+
+
+def build_training_model(
+    cfg: Mapping[str, Any], topology: Topology, targets: TargetConfig, device: torch.device
+) -> tuple[nn.Module, bool]:
+    """The model from ``cfg.model`` on ``device`` (channels_last on CUDA by default); returns it
+    and whether channels_last is on."""
+    model = build_model(cfg["model"], topology)
+    if model.stride != targets.stride:
+        raise ValueError(
+            f"targets.stride={targets.stride} but model.stride={model.stride}; they must match"
+        )
+    model.to(device)
+    channels_last = cfg["channels_last"]
+    channels_last = device.type == "cuda" if channels_last == "auto" else bool(channels_last)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, channels_last
+
+
+def wrap_model(model: nn.Module, cfg: Mapping[str, Any], dist: du.DistInfo) -> nn.Module:
+    """DDP (with SyncBatchNorm when asked, CUDA only) and ``torch.compile`` around ``model``."""
+    wrapped = model
+    if dist.distributed:
+        if cfg["sync_bn"] and dist.device.type == "cuda":
+            wrapped = nn.SyncBatchNorm.convert_sync_batchnorm(wrapped)
+        elif cfg["sync_bn"]:
+            log.warning("sync_bn needs CUDA (PyTorch's SyncBatchNorm); ignored on %s", dist.device)
+        wrapped = nn.parallel.DistributedDataParallel(
+            wrapped, device_ids=[dist.device.index] if dist.device.type == "cuda" else None
+        )
+    return torch.compile(wrapped) if cfg["compile"] else wrapped
+
+
+def open_run_dir(out: Path, cfg: Mapping[str, Any], step: int) -> Any:
+    """Rank 0: create the run dir, clear interrupted temp files, write config.yaml; returns the
+    TensorBoard writer (continuing at ``step`` after a resume)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".*.tmp"):  # a write that a kill interrupted; never a checkpoint
+        stale.unlink(missing_ok=True)
+    atomic_write_text(out / "config.yaml", _yaml(cfg))
+    return SummaryWriter(str(out / "tb"), purge_step=step if step else None)
+
+
 def run(
     cfg: Any,
     out_dir: str | Path | None = None,
@@ -504,9 +620,9 @@ def run(
     (tests and benchmarks); batches are dicts as ``datasets.coco.collate`` makes them.
     """
     cfg = as_plain(cfg)
-    dist = du.init_distributed(str(cfg.get("device", "auto")))
+    dist = du.init_distributed(str(cfg["device"]))
     try:
-        summary = _run(cfg, dist, out_dir, train_set, val_set, collate_fn)
+        summary = train(cfg, dist, run_dir(cfg, out_dir), train_set, val_set, collate_fn)
         # ranks leave together: a rank that tears down its gloo connections while rank 0 is
         # still writing the summary can abort rank 0's teardown ("terminate called without an
         # active exception", seen once in CI); after an error there is no barrier (it could hang)
@@ -516,158 +632,89 @@ def run(
         du.cleanup()
 
 
-def _run(cfg, dist, out_dir, train_set, val_set, collate_fn) -> dict[str, Any]:
-    setup_process(dist.rank, dist.device, cfg.get("threads"), bool(cfg.get("deterministic", False)))
-    out = Path(out_dir or cfg.get("out_dir") or f"runs/{cfg.get('name', 'train')}").expanduser()
-    out = out if out.is_absolute() else Path.cwd() / out  # no chdir under Hydra: launch dir
-    # every rank must agree on the run dir (a relative path + different cwd would split it)
-    out = Path(du.broadcast_object(str(out)))
-    cfg["out_dir"] = str(out)
+def train(cfg, dist, out, train_set=None, val_set=None, collate_fn=None) -> dict[str, Any]:
+    """Set up, find the resume point, then per epoch: train_one_epoch, evaluate, checkpoint."""
+    setup_process(dist.rank, dist.device, cfg["threads"], bool(cfg["deterministic"]))
     topology = topology_from_config(cfg["topology"])
     targets = TargetConfig.from_config(cfg.get("targets"))
-    # rank 0 decides (its view of out_dir is the one that counts) and every rank follows
-    decision: tuple = ()
-    if dist.is_main:
-        try:
-            found = resolve_resume(cfg.get("resume", "auto"), out)
-            decision = ("ok", str(found) if found else None)
-        except (FileExistsError, FileNotFoundError) as e:
-            decision = (type(e).__name__, str(e))
-    decision = du.broadcast_object(decision)
-    if decision[0] != "ok":
-        raise {"FileExistsError": FileExistsError, "FileNotFoundError": FileNotFoundError}[
-            decision[0]
-        ](decision[1])
-    resume_path = Path(decision[1]) if decision[1] else None
-    if resume_path is not None and not resume_path.is_file():
-        raise FileNotFoundError(
-            f"rank {dist.rank} cannot see {resume_path}, which rank 0 resumes from: out_dir must be on "
-            "storage that every node mounts at the same path"
-        )
-
+    resume_path = resume_point(cfg["resume"], out, dist)
     if train_set is None:
         train_set, val_set = build_datasets(cfg, topology, dist)
-    val_ann = (cfg.get("data") or {}).get("val_annotations")
-    if not (
-        cfg.get("val_ap", True) and val_set is not None and val_ann and Path(val_ann).is_file()
-    ):
-        cfg["val_ap"] = False  # AP needs ground truth in a COCO file
-
-    seed = int(cfg.get("seed", 0))
-    seed_everything(seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
-    model = build_model(cfg["model"], topology)
-    if model.stride != targets.stride:
-        raise ValueError(
-            f"targets.stride={targets.stride} but model.stride={model.stride}; they must match"
-        )
-    model.to(dist.device)
-    channels_last = cfg.get("channels_last", "auto")
-    channels_last = dist.device.type == "cuda" if channels_last == "auto" else bool(channels_last)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    amp_dtype = resolve_amp(cfg.get("amp", "auto"), dist.device)
+    # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    seed_everything(cfg["seed"])
+    model, channels_last = build_training_model(cfg, topology, targets, dist.device)
+    amp_dtype = resolve_amp(cfg["amp"], dist.device)
     scaler = torch.amp.GradScaler(dist.device.type, enabled=amp_dtype == torch.float16)
-    optimizer = build_optimizer(model.parameters(), cfg.get("optimizer") or {})
-    epochs = int(cfg.get("epochs", 1))
-    scheduler = build_scheduler(optimizer, cfg.get("scheduler") or {}, epochs)
-
+    optimizer = build_optimizer(model.parameters(), cfg["optimizer"])
+    scheduler = build_scheduler(optimizer, cfg["scheduler"], cfg["epochs"])
     start_epoch, step = 0, 0
     if resume_path is not None:
         ckpt = load_checkpoint(resume_path, map_location=dist.device)
-        model.load_state_dict(ckpt["model"])
-        if ckpt.get("optimizer"):
-            optimizer.load_state_dict(ckpt["optimizer"])
-        if ckpt.get("scheduler"):
-            scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, step = int(ckpt["epoch"]) + 1, int(ckpt["step"])
+        start_epoch, step = restore_training_state(ckpt, model, optimizer, scheduler, scaler)
         log.info("resumed from %s: epoch %d done, step %d", resume_path, start_epoch - 1, step)
-
-    wrapped: nn.Module = model
-    if dist.distributed:
-        if cfg.get("sync_bn"):
-            if dist.device.type == "cuda":
-                wrapped = nn.SyncBatchNorm.convert_sync_batchnorm(wrapped)
-            else:
-                log.warning(
-                    "sync_bn needs CUDA (PyTorch's SyncBatchNorm); ignored on %s", dist.device
-                )
-        wrapped = nn.parallel.DistributedDataParallel(
-            wrapped, device_ids=[dist.device.index] if dist.device.type == "cuda" else None
-        )
-    if cfg.get("compile"):
-        wrapped = torch.compile(wrapped)
-
-    writer = None
-    if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        for stale in out.glob(".*.tmp"):  # a write that a kill interrupted; never a checkpoint
-            stale.unlink(missing_ok=True)
-        atomic_write_text(out / "config.yaml", _yaml(cfg))
-        writer = SummaryWriter(str(out / "tb"), purge_step=step if step else None)
-    decoder = _maybe_decoder(cfg, topology)
-    if decoder is not None and cfg["val_ap"]:
-        cfg["_val_category"] = _val_category(cfg, topology)
+    wrapped = wrap_model(model, cfg, dist)
+    writer = open_run_dir(out, cfg, step) if dist.is_main else None
+    decoder = build_decoder(cfg.get("decoder") or {}, topology)
     ctx = Context(cfg, dist, topology, targets, amp_dtype, channels_last, writer, decoder, step)
+    ctx.val_category = _val_category(cfg, topology) if wants_val_ap(cfg, val_set) else None
     train_loader = make_loader(train_set, cfg, dist, True, collate_fn)
     val_loader = make_loader(val_set, cfg, dist, False, collate_fn) if val_set is not None else None
-    ckpt_every = max(int(cfg.get("ckpt_every", 1)), 1)
-    val_every = int(cfg.get("val_every", 1) or 0)
-    summary: dict[str, Any] = {"out_dir": str(out), "world_size": dist.world_size, "epochs": []}
-    if start_epoch >= epochs:
-        log.info("nothing to do: %s already finished %d epochs", resume_path, start_epoch)
     log.info(
         "training %s on %s x%d: %d samples, epochs %d..%d, amp=%s, out_dir=%s",
-        unwrap_model(model).name,
-        dist.device,
-        dist.world_size,
-        len(train_set),
-        start_epoch,
-        epochs - 1,
-        amp_dtype,
-        out,
+        *(model.name, dist.device, dist.world_size, len(train_set), start_epoch),
+        *(cfg["epochs"] - 1, amp_dtype, out),
     )
+    summary: dict[str, Any] = {"out_dir": str(out), "world_size": dist.world_size, "epochs": []}
     t_start = time.perf_counter()
-    for epoch in range(start_epoch, epochs):
+    for epoch in range(start_epoch, cfg["epochs"]):
         train_loader.sampler.set_epoch(epoch)
         # per-epoch, per-rank seed: different augmentations on each rank, reproducible on resume
-        seed_everything(seed + 1000 * epoch + dist.rank)
+        seed_everything(cfg["seed"] + 1000 * epoch + dist.rank)
         stats = train_one_epoch(wrapped, train_loader, optimizer, scaler, epoch, ctx)
         scheduler.step()
         du.broadcast_buffers(model)
         row = {"epoch": epoch, "step": ctx.step, **stats}
-        if (
-            val_loader is not None
-            and val_every
-            and ((epoch + 1) % val_every == 0 or epoch + 1 == epochs)
-        ):
-            row.update(evaluate(model, val_loader, ctx, epoch))
-        if writer is not None:
-            writer.add_scalar("epoch/loss", stats["loss"], ctx.step)
-        summary["epochs"].append(row)
-        log.info(
-            "epoch %d: %s",
-            epoch,
-            ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)),
-        )
+        if val_loader is not None and _validates(cfg, epoch):
+            row.update(evaluate(model, val_loader, ctx))
+        summary["epochs"].append(_log_epoch(row, ctx))
         if dist.is_main:
-            state = {
-                "epoch": epoch,
-                "step": ctx.step,
-                "model": unwrap_model(model).state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "config": {k: v for k, v in cfg.items() if not k.startswith("_")},
-                "meta": checkpoint_meta(dist.world_size),
-            }
-            if (epoch + 1) % ckpt_every == 0 or epoch + 1 == epochs:
-                save_checkpoint(out / f"epoch_{epoch}.pth", state)
-            save_checkpoint(out / "last.pth", state)  # last: a kill after this resumes at epoch+1
+            state = training_state(
+                epoch, ctx.step, model, optimizer, scheduler, scaler, cfg, dist.world_size
+            )
+            for name in _checkpoint_names(cfg, epoch):
+                save_checkpoint(out / name, state)
         du.barrier()
+    summary.update(step=ctx.step, minutes=(time.perf_counter() - t_start) / 60)
+    return _finish(summary, model, ctx, out)
+
+
+def _validates(cfg: Mapping[str, Any], epoch: int) -> bool:
+    """Validate every ``val_every`` epochs (0: never) and after the last one."""
+    every = int(cfg["val_every"] or 0)
+    return bool(every) and ((epoch + 1) % every == 0 or epoch + 1 == cfg["epochs"])
+
+
+def _checkpoint_names(cfg: Mapping[str, Any], epoch: int) -> list[str]:
+    """``epoch_<N>.pth`` every ``ckpt_every`` epochs and at the end; ``last.pth`` every epoch, last,
+    so that a kill after it resumes at epoch + 1."""
+    every = max(int(cfg["ckpt_every"]), 1)
+    keep = (epoch + 1) % every == 0 or epoch + 1 == cfg["epochs"]
+    return [f"epoch_{epoch}.pth", "last.pth"] if keep else ["last.pth"]
+
+
+def _log_epoch(row: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    if ctx.writer is not None:
+        ctx.writer.add_scalar("epoch/loss", row["loss"], ctx.step)
+    summary = ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float))
+    log.info("epoch %d: %s", row["epoch"], summary)
+    return row
+
+
+def _finish(summary: dict[str, Any], model: nn.Module, ctx: Context, out: Path) -> dict[str, Any]:
+    """Replica check, history, and (rank 0) summary.json; closes the writer."""
+    if summary["epochs"] == [] and ctx.dist.is_main:
+        log.info("nothing to do: %s already finished %d epochs", out, ctx.cfg["epochs"])
     summary["replica_checksums"] = du.check_replicas_in_sync(model)
-    summary["step"] = ctx.step
     summary["skipped_images"] = {
         "train": sum(r.get("skipped_images", 0) for r in summary["epochs"]),
         "val": sum(r.get("val_skipped_images", 0) for r in summary["epochs"]),
@@ -677,22 +724,16 @@ def _run(cfg, dist, out_dir, train_set, val_set, collate_fn) -> dict[str, Any]:
             "skipped unusable images (see the warnings): %d in training, %d in validation",
             *summary["skipped_images"].values(),
         )
-    summary["minutes"] = (time.perf_counter() - t_start) / 60
     summary["history"] = ctx.history
-    if writer is not None:
-        writer.close()
-    if dist.is_main:
+    if ctx.writer is not None:
+        ctx.writer.close()
+    if ctx.dist.is_main:
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     return summary
 
 
 def _yaml(cfg: Mapping[str, Any]) -> str:
-    return yaml.safe_dump({k: v for k, v in cfg.items() if not k.startswith("_")}, sort_keys=False)
-
-
-def _maybe_decoder(cfg: Mapping[str, Any], topology: Topology) -> Any:
-    """The project decoder for image panels and val AP."""
-    return build_decoder(cfg.get("decoder") or {}, topology)
+    return yaml.safe_dump(dict(cfg), sort_keys=False)
 
 
 def _val_category(cfg: Mapping[str, Any], topology: Topology) -> dict[str, Any]:
