@@ -8,6 +8,11 @@ Every step can be interrupted and rerun:
 * a transfer streams into ``<name>.part`` and resumes from its length with an HTTP ``Range``
   request; only a file whose size and MD5 match the table below is renamed to ``<name>``, so a
   file under its final name is always complete;
+* transient failures (a connection refused, reset or cut short, a timeout, HTTP 5xx) are retried
+  ``retries`` times, waiting ``backoff`` seconds, then twice as long each time (at most a
+  minute); a cut keeps the ``.part`` and the next attempt resumes it. A server that sends no
+  ``Content-Length`` cannot say it was cut: a body shorter than the table's size is taken for a
+  cut (kept and resumed), never for a wrong table;
 * a verified archive gets a stamp (``.<name>.verified``: size, mtime, md5) so reruns skip the
   re-hash; a file changed since then is re-hashed, and a corrupt one is fetched again;
 * extraction checks every member first (no absolute path, no ``..``, no symlink: nothing may land
@@ -28,6 +33,7 @@ import logging
 import os
 import shutil
 import stat
+import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -38,14 +44,13 @@ from typing import Any, BinaryIO
 
 from tqdm import tqdm
 
+from datasets.errors import UsageError, UserError, user_errors
 from datasets.files import write_json
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20  # bytes per read/write; large enough that Python overhead is negligible
-
-# The official COCO 2017 host: image zips under zips/, annotations under annotations/.
-DEFAULT_BASE_URL = "http://images.cocodataset.org"
+MAX_BACKOFF = 60.0  # seconds: the longest wait between two attempts
 
 
 @dataclass(frozen=True)
@@ -82,12 +87,24 @@ SPLIT_FILES = {
 }
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError):
     """A transfer failed (HTTP error, network error, full disk, checksum mismatch)."""
 
 
-class UnsafeArchiveError(RuntimeError):
+class UnsafeArchiveError(UserError):
     """An archive member would land outside the destination folder."""
+
+
+class _Transient(DownloadError):
+    """A failure worth another attempt: connection refused/reset/cut, timeout, HTTP 5xx."""
+
+
+class _ChecksumMismatch(DownloadError):
+    pass
+
+
+class _ConnectionLost(_Transient):
+    pass
 
 
 # --------------------------------------------------------------------------- hashing / stamps
@@ -166,10 +183,14 @@ def _request(url: str, start: int, timeout: float):
     except urllib.error.HTTPError as e:
         if e.code == 416 and start > 0:
             return e  # range not satisfiable: the .part is already as long as the file
-        raise DownloadError(f"HTTP {e.code} {e.reason} fetching {url}") from e
-    except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+        kind = _Transient if 500 <= e.code < 600 else DownloadError  # 5xx: the server's trouble
+        raise kind(f"HTTP {e.code} {e.reason} fetching {url}") from e
+    except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", e)
-        raise DownloadError(f"cannot fetch {url}: {reason}") from e
+        # refused/reset/timed out: a server restarting or a network blip; a name that does not
+        # resolve or a bad URL will not get better by waiting
+        transient = isinstance(reason, (ConnectionError, TimeoutError, http.client.HTTPException))
+        raise (_Transient if transient else DownloadError)(f"cannot fetch {url}: {reason}") from e
 
 
 def fetch(url: str, dest: Path, spec: RemoteFile, timeout: float = 60.0) -> None:
@@ -185,10 +206,12 @@ def fetch(url: str, dest: Path, spec: RemoteFile, timeout: float = 60.0) -> None
         part.unlink()
         start = 0
     resp = _request(url, start, timeout)
+    promised = None  # bytes the server said the file has (start + Content-Length)
     with resp:
         status = getattr(resp, "status", None) or resp.getcode()
         if status == 416:
             log.info("%s: server has no bytes past %d; verifying what we have", dest.name, start)
+            promised = start
         else:
             if start > 0 and status != 206:
                 log.warning("%s: server ignored the Range request; restarting", dest.name)
@@ -211,8 +234,14 @@ def fetch(url: str, dest: Path, spec: RemoteFile, timeout: float = 60.0) -> None
                     f"{url}: connection lost after {written} of {promised} bytes; rerun to resume"
                 )
     size = part.stat().st_size
+    if spec.size is not None and size < spec.size and promised is None:
+        # no Content-Length: a cut connection looks like a clean end; keep what came
+        raise _ConnectionLost(
+            f"{url}: the transfer stopped after {size} of {spec.size} bytes (the server sent no "
+            f"Content-Length); kept {part.name}: rerun to resume"
+        )
     if spec.size is not None and size != spec.size:
-        # the stream ended cleanly, so the server's file itself differs from the recorded one
+        # the server promised this length and delivered it: its file differs from the table
         part.unlink()
         raise DownloadError(
             f"{url}: the server's file has {size} bytes, {spec.size} expected; check base_url and"
@@ -224,14 +253,6 @@ def fetch(url: str, dest: Path, spec: RemoteFile, timeout: float = 60.0) -> None
         raise _ChecksumMismatch(f"{dest.name}: md5 {digest} != expected {spec.md5}")
     os.replace(part, dest)
     write_json(_stamp_path(dest, "verified"), {**_file_state(dest), "md5": spec.md5})
-
-
-class _ChecksumMismatch(DownloadError):
-    pass
-
-
-class _ConnectionLost(DownloadError):
-    pass
 
 
 def _stream(resp: Any, part: Path, start: int, total: int | None, url: str) -> int:
@@ -265,12 +286,18 @@ def _stream(resp: Any, part: Path, start: int, total: int | None, url: str) -> i
 
 
 def ensure_file(
-    base_url: str, root: Path, spec: RemoteFile, retries: int = 3, timeout: float = 60.0
+    base_url: str,
+    root: Path,
+    spec: RemoteFile,
+    retries: int = 3,
+    timeout: float = 60.0,
+    backoff: float = 1.0,
 ) -> Path:
     """Make ``root/spec.name`` a verified copy; fetch (resuming) and re-fetch if corrupt.
 
-    ``retries`` bounds the extra attempts after a lost connection (resumed) or a checksum
-    mismatch (fetched again from byte 0).
+    ``retries`` bounds the extra attempts after a transient failure (resumed from the ``.part``
+    after ``backoff`` seconds, doubling each time up to ``MAX_BACKOFF``) or a checksum mismatch
+    (fetched again from byte 0 at once).
     """
     dest = root / spec.name
     if dest.exists():
@@ -286,11 +313,15 @@ def ensure_file(
         try:
             fetch(url, dest, spec, timeout=timeout)
             return dest
-        except (_ChecksumMismatch, _ConnectionLost) as e:
+        except (_ChecksumMismatch, _Transient) as e:
             if attempt == retries:
                 raise DownloadError(f"{e} (gave up after {retries + 1} attempts)") from e
             # a lost connection resumes from the .part; a checksum mismatch starts over
-            log.warning("%s; trying again (attempt %d/%d)", e, attempt + 2, retries + 1)
+            wait = min(backoff * 2**attempt, MAX_BACKOFF) if isinstance(e, _Transient) else 0.0
+            log.warning(
+                "%s; trying again in %.1f s (attempt %d/%d)", e, wait, attempt + 2, retries + 1
+            )
+            time.sleep(wait)
     raise AssertionError("unreachable")
 
 
@@ -369,9 +400,9 @@ def resolve_files(
         names = SPLIT_FILES.get(str(split), [str(split)])
         for name in names:
             if name not in table:
-                raise ValueError(
-                    f"unknown split or file {split!r}: expected one of {sorted(SPLIT_FILES)} "
-                    f"or a file name in {sorted(table)}"
+                raise UsageError(
+                    f"unknown split or file {split!r}: give splits=[...] from "
+                    f"{sorted(SPLIT_FILES)} or file names in {sorted(table)}"
                 )
             if table[name] not in out:
                 out.append(table[name])
@@ -398,6 +429,7 @@ def run(cfg: Mapping[str, Any]) -> list[Path]:
             spec,
             retries=int(cfg.get("retries", 3)),
             timeout=float(cfg.get("timeout", 60)),
+            backoff=float(cfg.get("backoff", 1.0)),
         )
         if cfg.get("extract", True):
             extract(path, root)
@@ -416,11 +448,8 @@ if __name__ == "__main__":
     from omegaconf import DictConfig, OmegaConf
 
     @hydra.main(version_base="1.3", config_path="../conf", config_name="download")
+    @user_errors
     def main(cfg: DictConfig) -> None:
-        try:
-            run(OmegaConf.to_container(cfg, resolve=True))
-        except (DownloadError, UnsafeArchiveError) as e:
-            log.error("%s", e)
-            raise SystemExit(1) from None
+        run(OmegaConf.to_container(cfg, resolve=True))
 
     main()

@@ -8,8 +8,11 @@ import io
 import os
 import re
 import shutil
+import socket
 import stat
+import struct
 import threading
+import time
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -18,6 +21,7 @@ import pytest
 
 from datasets import download
 from datasets.download import DownloadError, UnsafeArchiveError
+from datasets.errors import UsageError
 
 
 class FileServer:
@@ -29,6 +33,10 @@ class FileServer:
         self.cut_after: list[int] = []  # per-response byte budgets, consumed in order
         self.corrupt_next = 0  # number of upcoming responses whose first byte is flipped
         self.honour_range = True
+        self.fail_next: list[int] = []  # HTTP status codes to answer with, consumed in order
+        self.reset_next = 0  # number of upcoming connections reset without an answer
+        self.send_length = True  # False: no Content-Length (a cut then looks like a clean end)
+        self.down_after_cut = 0.0  # seconds the server stops listening after a cut
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -38,6 +46,18 @@ class FileServer:
             def do_GET(self):
                 rng = self.headers.get("Range")
                 server.requests.append((self.path, rng))
+                if server.reset_next:
+                    server.reset_next -= 1
+                    # SO_LINGER 0: close() sends RST, the client sees "connection reset"
+                    self.connection.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                    )
+                    self.connection.close()
+                    self.close_connection = True
+                    return
+                if server.fail_next:
+                    self.send_error(server.fail_next.pop(0))
+                    return
                 data = server.files.get(self.path)
                 if data is None:
                     self.send_error(404, "Not Found")
@@ -59,23 +79,41 @@ class FileServer:
                 self.send_response(206 if start else 200)
                 if start:
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                self.send_header("Content-Length", str(len(body)))
+                if server.send_length:
+                    self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 if server.cut_after:
                     # promise the whole body, deliver part of it, drop the connection
                     self.wfile.write(body[: server.cut_after.pop(0)])
                     self.wfile.flush()
                     self.close_connection = True
+                    if server.down_after_cut:
+                        server.outage(server.down_after_cut)
                     return
                 self.wfile.write(body)
 
+        self.handler = Handler
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     def __enter__(self) -> FileServer:
         self.thread.start()
         return self
+
+    def outage(self, seconds: float) -> None:
+        """Stop listening now (connections are refused) and listen again on the same port after
+        ``seconds``, as a server restarting does."""
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+        def restart() -> None:
+            self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), self.handler)
+            self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+            self.thread.start()
+
+        threading.Timer(seconds, restart).start()
 
     def __exit__(self, *exc) -> None:
         self.httpd.shutdown()
@@ -123,6 +161,7 @@ def _cfg(server: FileServer, root: Path, archives: dict[str, bytes], **kw) -> di
         "splits": ["annotations", "val"],
         "files": _table(archives),
         "retries": 2,
+        "backoff": 0.01,  # tests that check the waits give their own
         "timeout": 10,
         "extract": True,
         "keep_archives": True,
@@ -136,7 +175,7 @@ def test_official_table_is_complete():
         assert re.fullmatch(r"[0-9a-f]{32}", spec.md5), name
         assert spec.size > 100_000_000, name
     assert [s.name for s in download.resolve_files(["val"])] == ["val2017.zip"]
-    with pytest.raises(ValueError, match="unknown split"):
+    with pytest.raises(UsageError, match="unknown split"):
         download.resolve_files(["test"])
 
 
@@ -362,5 +401,91 @@ def test_cli_reports_failure_clearly(tmp_path):
         repo = Path(__file__).resolve().parent.parent
         proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
-    assert "HTTP 404" in proc.stderr + proc.stdout
-    assert "annotations/annotations_trainval2017.zip" in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: HTTP 404 ") and last.endswith(
+        "annotations/annotations_trainval2017.zip"
+    ), proc.stderr
+
+
+@pytest.fixture()
+def waits(monkeypatch) -> list[float]:
+    """The backoff waits download asks for (they still happen, shortened to 1/10)."""
+    asked: list[float] = []
+    real_sleep = time.sleep
+
+    def sleep(s: float) -> None:
+        asked.append(s)
+        real_sleep(s / 10)
+
+    monkeypatch.setattr(download.time, "sleep", sleep)
+    return asked
+
+
+def test_http_5xx_is_retried_with_exponential_backoff(tmp_path, archives, waits):
+    root = tmp_path / "coco"
+    with FileServer() as server:
+        _serve(server, archives)
+        server.fail_next = [503, 500]
+        download.run(_cfg(server, root, archives, splits=["val"], retries=3, backoff=0.5))
+    assert waits == [0.5, 1.0]
+    assert download.is_verified(
+        root / "val2017.zip", download.resolve_files(["val"], _table(archives))[0]
+    )
+
+
+def test_http_5xx_gives_up_after_the_retries_and_4xx_is_not_retried(tmp_path, archives, waits):
+    root = tmp_path / "coco"
+    with FileServer() as server:
+        _serve(server, archives)
+        server.fail_next = [502] * 3
+        with pytest.raises(DownloadError, match=r"HTTP 502 .*val2017.zip \(gave up after 3 att"):
+            download.run(_cfg(server, root, archives, splits=["val"], retries=2, backoff=1))
+        assert waits == [1, 2]
+        server.requests.clear()
+        server.files.clear()  # 404
+        with pytest.raises(DownloadError, match="HTTP 404"):
+            download.run(_cfg(server, root, archives, splits=["val"], retries=2))
+        assert len(server.requests) == 1 and waits == [1, 2]  # 404: no retry, no wait
+
+
+def test_cut_then_connection_refused_then_reset_resumes(tmp_path, archives, waits):
+    """The server drops the transfer and stops listening for a while (connections refused), and
+    once back it resets the first connection: the download backs off, retries, and resumes the
+    .part with a Range request."""
+    root = tmp_path / "coco"
+    size = len(archives["val2017.zip"])
+    with FileServer() as server:
+        _serve(server, archives)
+        server.cut_after = [size // 3]
+        server.down_after_cut = 1.0  # refused for 1 s; the waits below are 0.2, 0.4, 0.8, ... s
+        threading.Timer(0.5, lambda: setattr(server, "reset_next", 1)).start()
+        download.run(_cfg(server, root, archives, splits=["val"], retries=8, backoff=2.0))
+        served = [r for p, r in server.requests if p.endswith("val2017.zip")]
+    assert served[0] is None and served[1:] == [f"bytes={size // 3}-"] * 2  # reset, then resumed
+    assert waits[:3] == [2.0, 4.0, 8.0]  # a cut, then refused (no request reached the server)
+    assert (root / "val2017.zip").stat().st_size == size and (root / "val2017").is_dir()
+
+
+def test_cut_without_content_length_keeps_the_part(tmp_path, archives):
+    root = tmp_path / "coco"
+    size = len(archives["val2017.zip"])
+    with FileServer() as server:
+        _serve(server, archives)
+        server.send_length = False
+        server.cut_after = [size // 2]
+        with pytest.raises(DownloadError) as e:
+            download.run(_cfg(server, root, archives, splits=["val"], retries=0))
+        msg = str(e.value)
+        assert (
+            f"stopped after {size // 2} of {size} bytes" in msg and "kept val2017.zip.part" in msg
+        )
+        assert "files table" not in msg
+        assert (root / "val2017.zip.part").stat().st_size == size // 2
+        download.run(_cfg(server, root, archives, splits=["val"], retries=0))  # resumes
+    assert server.requests[-1][1] == f"bytes={size // 2}-"
+    assert (root / "val2017.zip").stat().st_size == size
+
+
+def test_no_dead_default_url():
+    assert not hasattr(download, "DEFAULT_BASE_URL")
