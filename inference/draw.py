@@ -19,6 +19,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from datasets.geometry import compose, invert, warp_image
 from datasets.topology import Topology
 
 Color = tuple[int, int, int]
@@ -61,6 +62,13 @@ def _keypoints_of(skeleton: Any) -> np.ndarray:
     return np.asarray(kp, dtype=np.float64)
 
 
+def track_color(track_id: int) -> Color:
+    """A stable, well-separated colour per track id (hue steps of the golden ratio)."""
+    hue = (int(track_id) * 0.618033988749895) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(hue, 0.85, 1.0)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
 def draw_skeletons(
     image: np.ndarray,
     skeletons: Iterable[Any],
@@ -70,26 +78,34 @@ def draw_skeletons(
     radius: int | None = None,
     min_part_score: float = 0.0,
     label_scores: bool = False,
+    track_ids: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Draw each skeleton's limbs (one colour per limb) and joints (one colour per part).
 
     ``skeletons``: decoder ``Skeleton`` objects (``keypoints`` (K, 3) = (x, y, score) in this
-    image's pixels, NaN/score 0 for missing parts) or plain (K, 3) arrays.
+    image's pixels, NaN/score 0 for missing parts) or plain (K, 3) arrays. With ``track_ids``
+    (one per skeleton) every limb of a skeleton takes its track's colour and the id is written
+    above it, so an object keeps its colour and number from frame to frame.
     """
     out = np.ascontiguousarray(image.copy())
     size = max(out.shape[:2])
     thickness = thickness or max(2, size // 240)
     radius = radius or max(3, size // 160)
     lc, pc = limb_colors(topology), part_colors(topology)
-    for sk in skeletons:
+    for n, sk in enumerate(skeletons):
         kp = _keypoints_of(sk)
         ok = np.isfinite(kp[:, 0]) & np.isfinite(kp[:, 1]) & (kp[:, 2] > min_part_score)
+        tc = track_color(track_ids[n]) if track_ids is not None else None
         for e, (a, b) in enumerate(topology.edges):
             if ok[a] and ok[b]:
-                cv2.line(out, _pt(kp[a]), _pt(kp[b]), lc[e], thickness, cv2.LINE_AA)
+                cv2.line(out, _pt(kp[a]), _pt(kp[b]), tc or lc[e], thickness, cv2.LINE_AA)
         for k in np.nonzero(ok)[0]:
             cv2.circle(out, _pt(kp[k]), radius, pc[k], -1, cv2.LINE_AA)
             cv2.circle(out, _pt(kp[k]), radius, (0, 0, 0), 1, cv2.LINE_AA)
+        if tc is not None and ok.any():
+            top = kp[ok][np.argmin(kp[ok][:, 1])]
+            org = _pt((top[0] - radius, top[1] - 2 * radius))
+            put_text(out, str(track_ids[n]), org, scale=max(0.5, size / 900), color=tc)
         if label_scores and ok.any():
             score = getattr(sk, "score", None)
             if score is not None:
@@ -125,6 +141,42 @@ def heatmap_overlay(
     """Heatmap (K, h, w) over the image, each part in its colour (the reference's Step 2 picture)."""
     layer = colorize_maps(heatmap, part_colors(topology), image.shape[:2])
     return overlay(darken(image), layer, alpha)
+
+
+def maps_overlay(
+    image: np.ndarray,
+    matrix: np.ndarray,
+    input_size: tuple[int, int],
+    topology: Topology,
+    heatmap: np.ndarray | None = None,
+    paf: np.ndarray | None = None,
+    alpha: float = 0.6,
+) -> np.ndarray:
+    """The network's maps over the original image: ``heatmap`` (K, h, w), each part in its
+    colour, and/or ``paf`` (2E, h, w) as each edge's field strength in its limb colour.
+
+    The maps cover the network input of ``input_size`` (H, W); ``matrix`` (2x3, original ->
+    input pixels, from the pre-processing) is inverted to lay them over the original picture.
+    """
+    layers = []
+    if heatmap is not None:
+        layers.append((heatmap, part_colors(topology)))
+    if paf is not None:
+        pairs = np.asarray(topology.edges_paf)  # (E, 2) channels of each edge's x and y
+        strength = np.hypot(paf[pairs[:, 0]], paf[pairs[:, 1]])  # (E, h, w)
+        layers.append((strength, limb_colors(topology)))
+    if not layers:
+        return image
+    h, w = layers[0][0].shape[1:]
+    layer = np.zeros((h, w, 3), np.uint8)
+    for maps, colors in layers:
+        layer = np.maximum(layer, colorize_maps(maps, colors, (h, w)))
+    # map -> network input is a pure scale (continuous coordinates); input -> original inverts
+    # the pre-processing
+    input_hw = np.array(input_size, dtype=np.float64)
+    scale = np.array([[input_hw[1] / w, 0.0, 0.0], [0.0, input_hw[0] / h, 0.0]])
+    warp = compose(invert(np.asarray(matrix, np.float64)), scale)
+    return overlay(darken(image), warp_image(layer, warp, image.shape[:2]), alpha)
 
 
 def darken(image: np.ndarray, factor: float = 0.5) -> np.ndarray:

@@ -40,8 +40,8 @@ from datasets.images import read_rgb  # noqa: E402
 from datasets.topology import Topology  # noqa: E402
 from export.onnx import export_onnx  # noqa: E402
 from export.quantize import quantize_int8  # noqa: E402
-from inference.predict import Predictor  # noqa: E402
 from inference.runtime import OnnxRuntime, Runtime  # noqa: E402
+from inference.stream import Frame, Pipeline  # noqa: E402
 from models.contract import ModelInfo  # noqa: E402
 
 COCO_MINI = Path(os.environ.get("COCO_MINI", REPO.parent / "shared" / "data" / "coco-mini"))
@@ -281,14 +281,14 @@ def main() -> None:
         f"{args.e2e}:"
     )
     for n in dict.fromkeys([fastest, "torch eager fp32"]):
-        pred = Predictor(paths[n])
-        pred.timer.seconds = dict.fromkeys(pred.timer.seconds, 0.0)
-        for f in files:
+        pipe = Pipeline(paths[n])
+        begin = time.perf_counter()
+        for i, f in enumerate(files):
             start = time.perf_counter()
             image = read_rgb(f)
-            pred.timer.add("read", start)
-            pred([image])
-        s = pred.timer.summary(len(files))
+            pipe.timer.add("read", start)
+            pipe([Frame(image, i, i, f.stem)])
+        s = pipe.timer.summary(len(files), time.perf_counter() - begin)
         share = ", ".join(f"{k} {v:.1%}" for k, v in s["share"].items())
         print(f"  {n:38s} {s['fps']:6.1f} images/s ({1e3 / s['fps']:.1f} ms/image): {share}")
 

@@ -10,13 +10,15 @@ import cv2
 import numpy as np
 import pytest
 
+from datasets.errors import UserError
 from datasets.geometry import apply
 from datasets.images import ImageError
 from datasets.targets import TargetConfig, render_targets
 from datasets.topology import Topology
 from export.__main__ import run as export
-from inference.predict import Predictor, coco_category, run
+from inference.predict import run
 from inference.runtime import Runtime, maxpool_nchw
+from inference.stream import Frame, Pipeline, coco_category
 from models.contract import ModelInfo
 from tests.deploy_fixtures import REPO, export_cfg, make_checkpoint, random_image
 
@@ -91,7 +93,8 @@ def test_predictions_come_back_in_original_pixels(aspect):
     rt = GroundTruthRuntime(info)
     image = random_image(400, 640)  # wider than the (portrait) input: squash and letterbox differ
     rt.keypoints = np.stack([_person(200, 200, 40), _person(450, 210, 45)])
-    (skeletons,) = Predictor(rt)([image])
+    (result,) = Pipeline(rt)([Frame(image, 0, 0, "image")])
+    skeletons = result.skeletons
     assert len(skeletons) == 2
     got = sorted((sk.keypoints for sk in skeletons), key=lambda k: k[17, 0])
     for want, kp in zip(rt.keypoints, got, strict=True):
@@ -169,12 +172,12 @@ def test_video_in_video_out(onnx_model, tmp_path):
 
 
 def test_bad_inputs_are_named(onnx_model, tmp_path):
-    with pytest.raises(FileNotFoundError, match="input not found"):
+    with pytest.raises(UserError, match="input not found"):
         run(
             {"input": str(tmp_path / "nope.jpg"), "model": str(onnx_model), "output": str(tmp_path)}
         )
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="no images"):
+    with pytest.raises(UserError, match="no images"):
         run({"input": str(tmp_path / "empty"), "model": str(onnx_model), "output": str(tmp_path)})
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 not really")
