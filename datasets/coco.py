@@ -30,7 +30,7 @@ report it), and another sample is returned, so training goes on.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import math
 import time
@@ -46,7 +46,15 @@ from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
 from datasets.augment import AugmentConfig, color_matrix, flip_keypoints, sample_affine
-from datasets.errors import UserError
+from datasets.auto_topology import is_auto, topology_for_file
+from datasets.cocofile import (
+    AnnotationError,
+    align,
+    describe_problems,
+    keypoints_array,
+    load_keypoint_file,
+)
+from datasets.errors import UsageError, UserError
 from datasets.files import resolve_path
 from datasets.geometry import (
     ASPECT_POLICIES,
@@ -56,7 +64,6 @@ from datasets.geometry import (
     warp_image,
 )
 from datasets.images import MAX_PIXELS, ImageError, decode_bgr, read_bytes
-from datasets.neck import add_neck
 from datasets.synthetic import ensure
 from datasets.targets import (
     TargetConfig,
@@ -70,15 +77,6 @@ from datasets.topology import Topology
 log = logging.getLogger(__name__)
 
 BadImage = ImageError  # the name this module used before datasets.images
-
-
-def _coco17_plus_neck(category_keypoints: Sequence[str], topology: Topology) -> bool:
-    labels = list(topology.labels)
-    return (
-        len(category_keypoints) == 17
-        and labels[:17] == list(category_keypoints)
-        and labels[17:] == ["neck"]
-    )
 
 
 class CocoKeypoints(Dataset):
@@ -105,8 +103,12 @@ class CocoKeypoints(Dataset):
         max_upsample: float = 1.0,
         category: str | int | None = None,
         max_pixels: int | None = MAX_PIXELS,
+        strict: bool = True,
+        keypoint_map: Mapping[str, Any] | None = None,
     ) -> None:
         self.annotations_path = Path(annotations)
+        self.strict = bool(strict)
+        self.keypoint_map = dict(keypoint_map or {})
         self.images_dir = Path(images)
         self.topology = topology
         self.input_size = (int(input_size[0]), int(input_size[1]))
@@ -118,6 +120,10 @@ class CocoKeypoints(Dataset):
         )
         if aspect not in ASPECT_POLICIES:
             raise ValueError(f"aspect must be one of {ASPECT_POLICIES}, got {aspect!r}")
+        if self.augment is not None and self.augment.flip and not topology.hflip:
+            # a flip would swap left and right parts the topology cannot pair up
+            log.warning("topology %r has no flip pairs: horizontal flip off", topology.name)
+            self.augment = dataclasses.replace(self.augment, flip=0.0)
         self.aspect = aspect
         self.render_targets = render_targets
         self.max_upsample = float(max_upsample)
@@ -134,76 +140,48 @@ class CocoKeypoints(Dataset):
 
     # ------------------------------------------------------------------ index
     def _load(self, category: str | int | None, skip_empty: bool) -> None:
-        if not self.annotations_path.is_file():
-            raise FileNotFoundError(f"annotation file {self.annotations_path} not found")
-        with open(self.annotations_path) as f:
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{self.annotations_path} is not valid JSON: {e}") from e
-        cat, add = self._pick_category(data.get("categories", []), category)
+        """Index the images through the shared COCO reader (``datasets.cocofile``): validated,
+        categories merged or picked, keypoints renamed to the topology's labels and reordered
+        (COCO's 17 get the neck)."""
+        kfile = load_keypoint_file(self.annotations_path, category, self.strict)
+        if kfile.problems:
+            log.warning(
+                "%s: skipped %d invalid records (strict=false): %s",
+                self.annotations_path,
+                kfile.skipped(),
+                describe_problems(kfile.problems, 3 * len(kfile.keypoints)),
+            )
+        kfile = align(kfile, self.topology, self.keypoint_map, every_label=True)
+        self.num_skipped_annotations = kfile.skipped()
         k = self.topology.num_parts
-        per_image: dict[int, tuple[list[np.ndarray], list[dict]]] = {}
-        for ann in data.get("annotations", []):
-            if ann.get("category_id") != cat["id"]:
-                continue
+        per_image: dict[int, tuple[list[dict], list[dict]]] = {}
+        for ann in kfile.data["annotations"]:
             kps, ignore = per_image.setdefault(ann["image_id"], ([], []))
-            raw = ann.get("keypoints") or []
-            labelled = any(v > 0 for v in raw[2::3])
-            if ann.get("iscrowd", 0) or not labelled:
+            if ann.get("iscrowd", 0) or not ann["num_keypoints"]:
                 ignore.append(ann)  # ignore_mask decides from iscrowd / num_keypoints
-                continue
-            kp = np.asarray(raw, np.float32).reshape(-1, 3)
-            if add:
-                kp = add_neck(kp).astype(np.float32)
-            if kp.shape != (k, 3):
-                raise ValueError(
-                    f"{self.annotations_path}: annotation id {ann.get('id')} has "
-                    f"{len(raw)} keypoint numbers, expected {3 * k} for topology "
-                    f"{self.topology.name!r}"
-                )
-            kps.append(kp)
+            else:
+                kps.append(ann)
         self.records = []
-        for img in data.get("images", []):
-            kps, ignore = per_image.get(img["id"], ([], []))
-            if skip_empty and not kps:
+        for img in kfile.data["images"]:
+            anns, ignore = per_image.get(img["id"], ([], []))
+            if skip_empty and not anns:
                 continue
-            keypoints = np.stack(kps) if kps else np.zeros((0, k, 3), np.float32)
+            keypoints = keypoints_array(anns, kfile.keypoints, self.topology).astype(np.float32)
             keypoints[keypoints[..., 2] <= 0] = 0.0
             self.records.append(
                 {
                     "id": int(img["id"]),
                     "file": self.images_dir / img["file_name"],
                     "hw": (int(img["height"]), int(img["width"])),
-                    "keypoints": keypoints,
+                    "keypoints": keypoints.reshape(-1, k, 3),
                     "ignore": ignore,
                 }
             )
         if not self.records:
-            raise ValueError(
-                f"{self.annotations_path}: no images with labelled {cat.get('name')!r} objects"
+            raise AnnotationError(
+                f"{self.annotations_path}: no images with labelled "
+                f"{kfile.category.get('name')!r} objects: check the file (or category=...)"
             )
-
-    def _pick_category(
-        self, categories: list[dict], category: str | int | None
-    ) -> tuple[dict, bool]:
-        """The keypoint category to read, and whether the neck must be added on load."""
-        cats = [c for c in categories if c.get("keypoints")]
-        if category is not None:
-            cats = [c for c in cats if category in (c.get("name"), c.get("id"))]
-        labels = list(self.topology.labels)
-        for c in cats:
-            if list(c["keypoints"]) == labels:
-                return c, False
-        for c in cats:
-            if _coco17_plus_neck(c["keypoints"], self.topology):
-                log.info("%s: adding the neck on load (17 COCO keypoints)", self.annotations_path)
-                return c, True
-        raise ValueError(
-            f"{self.annotations_path}: no keypoint category with the labels of topology "
-            f"{self.topology.name!r} ({labels}); categories: "
-            f"{[(c.get('name'), c.get('keypoints')) for c in categories]}"
-        )
 
     def __len__(self) -> int:
         return len(self.records)
@@ -398,6 +376,36 @@ def build_dataset(
             data.get("skip_empty", True) if train else data.get("val_skip_empty", False)
         ),
         max_upsample=float(data.get("max_upsample", 1.0)),
-        category=data.get("category"),
         max_pixels=data.get("max_pixels", MAX_PIXELS),
+        **_file_options(cfg, data),
     )
+
+
+def training_topology(cfg: Mapping[str, Any]) -> Topology:
+    """The topology a training run uses: its ``topology`` node resolved
+    (``datasets.auto_topology``); ``topology=auto`` and ``topology.connect=auto`` read
+    ``data.train_annotations`` (with ``category``)."""
+    node = cfg["topology"]
+    data = cfg.get("data") or {}
+    if is_auto(node) or node.get("connect"):
+        if data.get("synthetic") is not None:
+            raise UsageError(
+                "topology=auto derives the topology from COCO keypoint files, and data=synthetic "
+                "generates its files from the topology: give data=coco data.train_annotations=FILE"
+                " data.train_images=DIR (and data.val_*), or a named topology"
+            )
+    opts = _file_options(cfg, data)
+    return topology_for_file(
+        node, resolve_path(data.get("train_annotations")), opts["category"], opts["strict"]
+    )
+
+
+def _file_options(cfg: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:
+    """How the annotation file is read: ``category`` (top level, or ``data.category``),
+    ``strict`` (top level, default true) and the topology node's ``keypoint_map``."""
+    topo = cfg.get("topology") or {}
+    return {
+        "category": cfg.get("category", data.get("category")),
+        "strict": bool(cfg.get("strict", True)),
+        "keypoint_map": topo.get("keypoint_map") if isinstance(topo, Mapping) else None,
+    }

@@ -9,11 +9,26 @@ keypoints.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 LEFT_SHOULDER, RIGHT_SHOULDER = 5, 6
+# COCO's person keypoints in COCO's order
+COCO_PERSON_KEYPOINTS = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip",
+    "left_knee", "right_knee", "left_ankle", "right_ankle",
+)  # fmt: skip
+
+
+def adds_neck(keypoints: Sequence[str], topology: Any) -> bool:
+    """Is this COCO's 17 + neck? True when a file's keypoints are COCO's 17 person keypoints and
+    the topology (or its list of labels) wants them plus ``neck``: the neck is then derived with
+    ``add_neck``. The one place this question is decided."""
+    labels = list(getattr(topology, "labels", topology))
+    return tuple(keypoints) == COCO_PERSON_KEYPOINTS and labels == [*COCO_PERSON_KEYPOINTS, "neck"]
 
 
 def add_neck(keypoints_17: Any) -> np.ndarray:

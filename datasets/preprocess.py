@@ -6,21 +6,22 @@ Turn ``person_keypoints_<split>.json`` into ``person_keypoints_<split>_modified.
 * with ``topology=coco18`` and COCO's 17 person keypoints, append the neck to every annotation
   (``datasets.neck.add_neck``: midpoint of the shoulders, labelled only if both are, visible only
   if both are) and rewrite the category to the 18-keypoint, 21-edge coco18 record;
-* with ``topology=null`` keep the category's own keypoints and skeleton (custom objects), or with a
+* with ``topology=auto`` keep the category's own keypoints (``category=NAME|ID|all``; with
+  ``topology.connect=auto`` the written skeleton gains the edges that join its pieces), or with a
   topology whose labels equal the category's, write that topology's skeleton;
-* validate: keypoint arrays of the wrong length, NaN/infinite or negative coordinates, visibility
-  flags outside {0, 1, 2}, annotations of unknown image ids, images whose file is missing. With
-  ``strict=true`` (default) any of these stops with an error listing the offending ids; with
-  ``strict=false`` the offending annotations (and images) are dropped and counted in a summary.
+* validate with the shared reader (``datasets.cocofile``): keypoint arrays of the wrong length or
+  with non-numbers, NaN/infinite or negative coordinates, visibility flags outside {0, 1, 2},
+  annotations of unknown image ids, bad image records, images whose file is missing. With
+  ``strict=true`` (default) any of these stops with a one-line error listing the offending ids;
+  with ``strict=false`` the offending annotations (and images) are dropped and counted.
 
-``num_keypoints`` is recomputed (labelled keypoints, v > 0). Output is written atomically.
+``num_keypoints`` is recomputed (labelled keypoints, v > 0), a missing ``area`` computed. Output
+is written atomically.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,26 +30,23 @@ from typing import Any
 
 from tqdm import tqdm
 
+from datasets.auto_topology import resolve_topology
+from datasets.cocofile import (
+    AnnotationError,
+    AnnotationFileMissing,
+    KeypointFile,
+    describe_problems,
+    load_keypoint_file,
+    read_json,
+)
+from datasets.errors import UserError
 from datasets.files import resolve_path, write_json
-from datasets.neck import add_neck
+from datasets.neck import add_neck, adds_neck
 from datasets.topology import Topology
 
 log = logging.getLogger(__name__)
 
-SHOW_IDS = 20  # ids listed per problem in messages
-
-PROBLEMS = {
-    "missing_image_file": "images whose file is missing",
-    "unknown_image_id": "annotations of an image id not in 'images'",
-    "bad_keypoint_length": "annotations with a keypoint array of the wrong length",
-    "nan_coordinates": "annotations with NaN or infinite keypoint values",
-    "negative_coordinates": "annotations with negative keypoint coordinates",
-    "bad_visibility": "annotations with a visibility flag outside {0, 1, 2}",
-}
-
-
-class AnnotationError(ValueError):
-    """Invalid annotations; the message lists every problem with the offending ids."""
+__all__ = ["AnnotationError", "Summary", "preprocess", "run"]
 
 
 @dataclass
@@ -63,16 +61,7 @@ class Summary:
     problems: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
 
     def describe(self, expected_len: int | None = None) -> str:
-        lines = []
-        for kind, ids in self.problems.items():
-            what = PROBLEMS[kind]
-            if kind == "bad_keypoint_length" and expected_len is not None:
-                what += f" (expected {expected_len} numbers)"
-            kind_of = "image" if kind == "missing_image_file" else "annotation"
-            shown = ", ".join(str(i) for i in ids[:SHOW_IDS])
-            more = f" and {len(ids) - SHOW_IDS} more" if len(ids) > SHOW_IDS else ""
-            lines.append(f"  {len(ids)} {what}: {kind_of} ids {shown}{more}")
-        return "\n".join(lines)
+        return describe_problems(self.problems, expected_len)
 
     def __str__(self) -> str:
         text = (
@@ -81,20 +70,8 @@ class Summary:
         )
         if self.problems:
             n = sum(len(v) for v in self.problems.values())
-            text += f"; skipped {n}:\n" + self.describe()
+            text += f"; skipped {n}: " + self.describe()
         return text
-
-
-def find_category(data: Mapping[str, Any], category: str | int, source: str = "") -> dict:
-    """The keypoint category named (or with id) ``category``."""
-    cats = [c for c in data.get("categories", []) if c.get("keypoints")]
-    for c in cats:
-        if c.get("name") == category or str(c.get("id")) == str(category):
-            return c
-    raise AnnotationError(
-        f"{source or 'annotations'}: no keypoint category {category!r}; keypoint categories: "
-        f"{[(c.get('id'), c.get('name')) for c in cats]}"
-    )
 
 
 def _number(x: float) -> int | float:
@@ -111,96 +88,88 @@ def preprocess(
 ) -> tuple[dict[str, Any], Summary]:
     """Validate and convert one COCO keypoint file (already loaded); returns (new file, summary).
 
-    ``images_dir`` enables the missing-file check (``images_dir/file_name``). Raises
-    AnnotationError listing the offending ids when ``strict`` and anything is invalid.
+    Validation is the shared reader's (``datasets.cocofile``); ``images_dir`` adds the
+    missing-file check (``images_dir/file_name``). ``topology=None`` keeps the category's own
+    keypoints and skeleton. Raises AnnotationError listing the offending ids when ``strict`` and
+    anything is invalid.
     """
-    cat = find_category(data, category, source)
-    names = list(cat["keypoints"])
-    k_in = len(names)
+    kfile = load_keypoint_file(source or "annotations", category, strict=False, data=data)
+    cat = kfile.category
+    k_in = len(cat["keypoints"])
     if isinstance(topology, str):
         topology = Topology.named(topology)
-    neck = False
-    if topology is None:
-        out_cat = {k: v for k, v in cat.items()}
-    else:
-        labels = list(topology.labels)
-        if labels == names:
-            pass
-        elif labels[:-1] == names and labels[-1] == "neck" and k_in == 17:
-            neck = True
-        else:
-            raise AnnotationError(
-                f"{source}: category {cat.get('name')!r} keypoints {names} match neither topology "
-                f"{topology.name!r} labels {labels} nor COCO's 17 plus a neck; use topology=null "
-                "to keep the category's own keypoints"
-            )
-        out_cat = topology.to_coco_category(category_id=cat["id"], name=cat.get("name"))
-        out_cat["supercategory"] = cat.get("supercategory", out_cat["supercategory"])
-
-    summary = Summary(neck_added=neck)
-    images = list(data.get("images", []))
-    summary.images_in = len(images)
-    bad_images: set[int] = set()
-    if images_dir is not None:
-        folder = Path(images_dir)
-        for img in tqdm(images, desc="check image files", disable=len(images) < 5000):
-            if not (folder / str(img.get("file_name", ""))).is_file():
-                bad_images.add(img["id"])
-                summary.problems["missing_image_file"].append(img["id"])
-    image_ids = {img["id"] for img in images}
-
-    anns = [a for a in data.get("annotations", []) if a.get("category_id") == cat["id"]]
-    summary.annotations_in = len(anns)
+    out_cat, neck = _output_category(kfile, topology, source)
+    summary = Summary(neck_added=neck, problems=kfile.problems)
+    summary.images_in = len(data["images"])
+    summary.annotations_in = sum(
+        1 for a in data["annotations"] if isinstance(a, dict) and a.get("category_id") == cat["id"]
+    )
+    images = kfile.data["images"]
+    missing = _missing_files(images, images_dir)
+    summary.problems.update({"missing_image_file": sorted(missing)} if missing else {})
     out_anns = []
-    for ann in anns:
-        problem = _check_annotation(ann, k_in, image_ids)
-        if problem:
-            summary.problems[problem].append(ann.get("id"))
-            continue
-        if ann["image_id"] in bad_images:
+    for ann in kfile.data["annotations"]:
+        if ann["image_id"] in missing:
             continue  # counted with its image
-        kp = ann["keypoints"]
-        if neck:
-            kp = add_neck(kp).reshape(-1).tolist()
-        new = dict(ann)
-        new["keypoints"] = [_number(x) for x in kp]
-        new["num_keypoints"] = sum(1 for v in new["keypoints"][2::3] if v > 0)
-        out_anns.append(new)
-
+        kp = add_neck(ann["keypoints"]).reshape(-1).tolist() if neck else ann["keypoints"]
+        n = sum(1 for v in kp[2::3] if v > 0)
+        out_anns.append(dict(ann, keypoints=[_number(x) for x in kp], num_keypoints=n))
     if summary.problems and strict:
         raise AnnotationError(
             f"{source or 'annotations'}: invalid input (strict=true; strict=false skips and "
-            f"counts these):\n{summary.describe(3 * k_in)}"
+            f"counts these): {summary.describe(3 * k_in)}"
         )
-    out_images = [img for img in images if img["id"] not in bad_images]
+    out_images = [img for img in images if img["id"] not in missing]
     summary.images_out, summary.annotations_out = len(out_images), len(out_anns)
     out = {k: v for k, v in data.items() if k not in ("images", "annotations", "categories")}
     out.update(images=out_images, annotations=out_anns, categories=[out_cat])
     return out, summary
 
 
-def _check_annotation(ann: Mapping[str, Any], k: int, image_ids: set[int]) -> str | None:
-    if ann.get("image_id") not in image_ids:
-        return "unknown_image_id"
-    kp = ann.get("keypoints")
-    if not isinstance(kp, list) or len(kp) != 3 * k:
-        return "bad_keypoint_length"
-    try:
-        values = [float(x) for x in kp]
-    except (TypeError, ValueError):
-        return "nan_coordinates"
-    if not all(math.isfinite(x) for x in values):
-        return "nan_coordinates"
-    if any(x < 0 for i, x in enumerate(values) if i % 3 != 2):
-        return "negative_coordinates"
-    if any(v not in (0.0, 1.0, 2.0) for v in values[2::3]):
-        return "bad_visibility"
-    return None
+def _output_category(
+    kfile: KeypointFile, topology: Topology | None, source: str
+) -> tuple[dict[str, Any], bool]:
+    """The category record to write, and whether the neck is added (COCO's 17 -> coco18)."""
+    cat = kfile.category
+    names = list(cat["keypoints"])
+    if topology is None:
+        return {k: v for k, v in cat.items() if k != "merged_ids"}, False
+    neck = adds_neck(names, topology)
+    if list(topology.labels) != names and not neck:
+        raise AnnotationError(
+            f"{source}: category {cat.get('name')!r} keypoints {names} match neither topology "
+            f"{topology.name!r} labels {list(topology.labels)} nor COCO's 17 plus a neck; use "
+            "topology=auto to keep the category's own keypoints"
+        )
+    out_cat = topology.to_coco_category(category_id=cat["id"], name=cat.get("name"))
+    out_cat["supercategory"] = cat.get("supercategory", out_cat["supercategory"])
+    return out_cat, neck
+
+
+def _missing_files(images: list[dict], images_dir: str | Path | None) -> set[int]:
+    if images_dir is None:
+        return set()
+    folder = Path(images_dir)
+    return {
+        img["id"]
+        for img in tqdm(images, desc="check image files", disable=len(images) < 5000)
+        if not (folder / str(img["file_name"])).is_file()
+    }
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write compact JSON atomically (large annotation files)."""
     write_json(path, obj, separators=(",", ":"))
+
+
+def _topology(cfg: Mapping[str, Any], src: Path, data: Mapping[str, Any]) -> Topology | None:
+    """The configured topology: ``topology=auto`` derives it from the category (keeping its own
+    keypoints; ``topology.connect=auto`` adds joining edges to the written skeleton)."""
+    node = cfg.get("topology")
+    if node is None or isinstance(node, str):
+        return node  # the Python API: None keeps the category, a name is a shipped topology
+    kfile = load_keypoint_file(src, cfg.get("category", "person"), strict=False, data=data)
+    return resolve_topology(node, kfile)
 
 
 def run(cfg: Mapping[str, Any]) -> list[tuple[Path, Summary]]:
@@ -212,16 +181,14 @@ def run(cfg: Mapping[str, Any]) -> list[tuple[Path, Summary]]:
         src = ann_dir / str(cfg["input"]).format(split=split)
         dst = ann_dir / str(cfg["output"]).format(split=split)
         if not src.is_file():
-            raise FileNotFoundError(f"{src} not found (run python -m datasets.download first?)")
-        with open(src) as f:
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as e:
-                raise AnnotationError(f"{src} is not valid JSON: {e}") from e
+            raise AnnotationFileMissing(
+                f"{src} not found: run python -m datasets.download first (or give input=FILE)"
+            )
+        data = read_json(src)
         out, summary = preprocess(
             data,
             category=cfg.get("category", "person"),
-            topology=cfg.get("topology"),
+            topology=_topology(cfg, src, data),
             images_dir=None if images_root is None else images_root / str(split),
             strict=bool(cfg.get("strict", True)),
             source=str(src),
@@ -240,7 +207,7 @@ if __name__ == "__main__":
     def main(cfg: DictConfig) -> None:
         try:
             run(OmegaConf.to_container(cfg, resolve=True))
-        except (AnnotationError, FileNotFoundError) as e:
+        except (UserError, FileNotFoundError) as e:
             log.error("%s", e)
             raise SystemExit(1) from None
 

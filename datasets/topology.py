@@ -1,5 +1,8 @@
 """Skeleton topology: the one definition of parts, directed edges, PAF channels and flip pairs.
 
+``python -m datasets.topology FILE [category=NAME|ID|all] [connect=auto]`` prints the topology of a
+COCO keypoint file's category and writes ``conf/topology/<name>.yaml`` (``datasets.auto_topology``).
+
 Vocabulary is the Isaac OpenPoseDecoder's: ``labels`` (part names), ``edges`` ([from, to] indices
 into ``labels``) and ``edges_paf`` ([horizontal_channel, vertical_channel] into the
 part_affinity_fields tensor, one pair per edge). ``flip_pairs`` are the left/right part pairs a
@@ -249,9 +252,9 @@ def canonical_name(name: str) -> str:
     return "_".join(words)
 
 
-def default_sigmas(labels: Sequence[str]) -> tuple[float, ...]:
-    """OKS falloff per label: COCO's for the names COCO knows (any spelling), else DEFAULT_SIGMA."""
-    return tuple(COCO_SIGMAS.get(canonical_name(n), DEFAULT_SIGMA) for n in labels)
+def default_sigmas(labels: Sequence[str], default: float = DEFAULT_SIGMA) -> tuple[float, ...]:
+    """OKS falloff per label: COCO's for the names COCO knows (any spelling), else ``default``."""
+    return tuple(COCO_SIGMAS.get(canonical_name(n), default) for n in labels)
 
 
 # words of a name: "forelegL1" -> foreleg, L, 1; "L_Eye" -> L, Eye; "LeftEye" -> Left, Eye
@@ -347,3 +350,14 @@ def topology_from_config(cfg: Mapping[str, Any]) -> Topology:
     if "labels" not in cfg and "name" in cfg:
         return Topology.named(str(cfg["name"]))
     return Topology.from_dict(cfg)
+
+
+if __name__ == "__main__":
+    import logging
+    import sys
+
+    from datasets.auto_topology import main
+    from datasets.errors import user_errors
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    user_errors(main)(sys.argv[1:])

@@ -18,31 +18,16 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from datasets.neck import add_neck
-from datasets.topology import Topology
+from datasets.cocofile import (
+    AnnotationError,
+    KeypointFile,
+    align,
+    keypoints_array,
+    load_keypoint_file,
+)
+from datasets.errors import UserError
+from datasets.topology import COCO_SIGMAS, Topology, default_sigmas
 
-# COCO's per-keypoint OKS falloffs (pycocotools Params.kpt_oks_sigmas), by keypoint name
-COCO_SIGMAS = {
-    "nose": 0.026,
-    "left_eye": 0.025,
-    "right_eye": 0.025,
-    "left_ear": 0.035,
-    "right_ear": 0.035,
-    "left_shoulder": 0.079,
-    "right_shoulder": 0.079,
-    "left_elbow": 0.072,
-    "right_elbow": 0.072,
-    "left_wrist": 0.062,
-    "right_wrist": 0.062,
-    "left_hip": 0.107,
-    "right_hip": 0.107,
-    "left_knee": 0.087,
-    "right_knee": 0.087,
-    "left_ankle": 0.089,
-    "right_ankle": 0.089,
-    # trt_pose's neck is the shoulders' midpoint: it gets the shoulders' falloff
-    "neck": 0.079,
-}
 STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 
 __all__ = [
@@ -50,6 +35,7 @@ __all__ = [
     "STAT_NAMES",
     "category_index",
     "evaluate",
+    "ground_truth",
     "gt_keypoints",
     "load_coco",
     "oks_sigmas",
@@ -57,19 +43,43 @@ __all__ = [
 ]
 
 
-def load_coco(annotations: str | Path | Mapping[str, Any]):
-    """A pycocotools COCO from a file path or an in-memory dict, without its console chatter."""
+def load_coco(
+    annotations: str | Path | Mapping[str, Any],
+    category: str | int | None = None,
+    strict: bool = True,
+) -> COCO:
+    """A pycocotools COCO from a file path or an in-memory dict, read and validated by the shared
+    reader (``datasets.cocofile``: one object class, ``area`` filled in), without its chatter."""
     if isinstance(annotations, Mapping):
-        coco = COCO()
-        coco.dataset = dict(annotations)
-        with contextlib.redirect_stdout(io.StringIO()):
-            coco.createIndex()
-        return coco
-    path = Path(annotations)
-    if not path.is_file():
-        raise FileNotFoundError(f"COCO annotation file not found: {path}")
+        kfile = load_keypoint_file("annotations", category, strict, data=annotations)
+    else:
+        kfile = load_keypoint_file(annotations, category, strict)
+    return coco_from_dict(kfile.data)
+
+
+def coco_from_dict(data: Mapping[str, Any]) -> COCO:
+    """A pycocotools COCO of an already validated COCO dict (``KeypointFile.data``)."""
+    coco = COCO()
+    coco.dataset = dict(data)
     with contextlib.redirect_stdout(io.StringIO()):
-        return COCO(str(path))
+        coco.createIndex()
+    return coco
+
+
+def ground_truth(
+    kfile: KeypointFile, topology: Topology, keypoint_map: Mapping[str, Any] | None = None
+) -> tuple[COCO, dict[str, Any], np.ndarray]:
+    """What evaluation scores against: (COCO, its one category, OKS sigmas per its keypoint).
+
+    The file's keypoints are renamed to the topology's labels (``datasets.cocofile.align``: names
+    that match no label are an error naming them, unless ``keypoint_map`` maps or drops them);
+    the sigmas are the topology's.
+    """
+    kfile = align(kfile, topology, keypoint_map)
+    category = kfile.category
+    sigma = dict(zip(topology.labels, topology.sigmas, strict=True))
+    sigmas = np.array([sigma[n] for n in category["keypoints"]], dtype=np.float64)
+    return coco_from_dict(kfile.data), category, sigmas
 
 
 def person_category(coco_gt, category_id: int | None = None) -> dict[str, Any]:
@@ -79,8 +89,9 @@ def person_category(coco_gt, category_id: int | None = None) -> dict[str, Any]:
         cats = [c for c in cats if c["id"] == category_id]
     if len(cats) != 1:
         names = [(c["id"], c["name"]) for c in coco_gt.loadCats(coco_gt.getCatIds())]
-        raise ValueError(
-            f"need exactly one keypoint category (category_id={category_id}); file has {names}"
+        raise UserError(
+            f"need exactly one keypoint category (category_id={category_id}); file has {names}: "
+            "read it with load_coco(path, category=NAME|ID|all)"
         )
     return cats[0]
 
@@ -101,9 +112,9 @@ def category_index(topology: Topology, category: Mapping[str, Any]) -> np.ndarra
 
 
 def oks_sigmas(names: Sequence[str]) -> np.ndarray:
-    """OKS falloff per keypoint name: COCO's where known, else the mean of COCO's."""
-    default = float(np.mean([COCO_SIGMAS[n] for n in list(COCO_SIGMAS)[:17]]))
-    return np.array([COCO_SIGMAS.get(n, default) for n in names], dtype=np.float64)
+    """OKS falloff per keypoint name: COCO's where known (any spelling), else ``DEFAULT_SIGMA``
+    (0.0625, the mean of COCO's 17); a topology's own ``sigmas`` take precedence in ``eval``."""
+    return np.array(default_sigmas(names), dtype=np.float64)
 
 
 def skeletons_to_coco(
@@ -161,24 +172,14 @@ def gt_keypoints(
     unlabelled (v = 0).
     """
     names = list(category.get("keypoints") or [])
-    kp = np.zeros((len(annotations), len(names), 3))
-    for i, ann in enumerate(annotations):
-        vals = np.asarray(ann.get("keypoints") or [], dtype=np.float64)
-        if vals.size != 3 * len(names):
-            raise ValueError(
-                f"annotation id={ann.get('id')} has {vals.size} keypoint numbers; category "
-                f"{category.get('name')!r} needs 3 x {len(names)}"
+    for ann in annotations:
+        if len(ann.get("keypoints") or []) != 3 * len(names):
+            raise AnnotationError(
+                f"annotation id={ann.get('id')} has {len(ann.get('keypoints') or [])} keypoint "
+                f"numbers; category {category.get('name')!r} needs 3 x {len(names)}: read the "
+                "file with load_coco, which validates it"
             )
-        kp[i] = vals.reshape(-1, 3)
-    if "neck" in topology.labels and "neck" not in names and len(names) == 17:
-        kp = add_neck(kp) if len(annotations) else np.zeros((0, 18, 3))
-        names = names + ["neck"]
-    out = np.zeros((len(annotations), topology.num_parts, 3))
-    index = {n: i for i, n in enumerate(names)}
-    for j, label in enumerate(topology.labels):
-        if label in index:
-            out[:, j] = kp[:, index[label]]
-    return out
+    return keypoints_array(annotations, names, topology)
 
 
 def evaluate(

@@ -38,17 +38,18 @@ import numpy as np
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from datasets.auto_topology import resolve_topology
+from datasets.cocofile import KeypointFile, load_keypoint_file
 from datasets.config import as_plain
 from datasets.errors import user_errors
 from datasets.files import resolve_path, write_json
 from datasets.images import MAX_PIXELS, ImageError, read_rgb
 from datasets.targets import TargetConfig
-from datasets.topology import Topology, topology_from_config
+from datasets.topology import Topology
 from inference.cli import alias_model_argument, default_output_to_run_dir, output_dir
 from inference.cocoeval import (
     evaluate,
-    load_coco,
-    person_category,
+    ground_truth,
     skeletons_to_coco,
 )
 from inference.decoder import OpenPoseDecoder, build_decoder
@@ -78,11 +79,11 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError("give annotations=PATH (a COCO person_keypoints file)")
     out_dir = output_dir(cfg, "eval")
     model_path = resolve_path(cfg.get("model_path") or cfg.get("model"))
-    gt = load_coco(annotations)
-    category = person_category(gt, cfg.get("category_id"))
-    ids = _image_ids(gt, category, cfg)
-    setup = _setup(cfg, model_path)
+    kfile = load_keypoint_file(annotations, cfg.get("category"), bool(cfg.get("strict", True)))
+    setup = _setup(cfg, model_path, kfile)
     decoder = _decoder(cfg, setup)
+    gt, category, sigmas = ground_truth(kfile, setup.topology, _keypoint_map(cfg))
+    ids = _image_ids(gt, category, cfg)
     t0 = time.perf_counter()
     skipped: list[str] = []
     if cfg.get("oracle"):
@@ -104,7 +105,8 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
         f"{seconds:.1f} s" + (f"; {len(skipped)} unreadable images skipped" if skipped else "")
     )
     summary = {
-        "stats": evaluate(gt, results, image_ids=evaluated),
+        "stats": evaluate(gt, results, image_ids=evaluated, sigmas=sigmas),
+        **_object_class(setup.topology, category, sigmas, kfile),
         "mode": "oracle" if cfg.get("oracle") else "model",
         "annotations": str(annotations),
         "model": str(model_path) if model_path else None,
@@ -123,6 +125,21 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return {**summary, "results": str(results_path), "output": str(out_dir)}
 
 
+def _keypoint_map(cfg: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """``topology.keypoint_map``: file keypoint names mapped onto (or dropped from) the model's."""
+    return (cfg.get("topology") or {}).get("keypoint_map")
+
+
+def _object_class(topology: Any, category: Mapping[str, Any], sigmas: Any, kfile: Any) -> dict:
+    """What was scored, for stats.json: topology, category, OKS sigmas and skipped records."""
+    return {
+        "topology": topology.name,
+        "category": category.get("name"),
+        "sigmas": dict(zip(category["keypoints"], map(float, sigmas), strict=True)),
+        "skipped_annotations": {k: len(v) for k, v in kfile.problems.items()},
+    }
+
+
 def _image_ids(gt: Any, category: Mapping[str, Any], cfg: Mapping[str, Any]) -> list[int]:
     """Every image of the file, or those with people (``only_with_people``), first ``max_images``."""
     ids = sorted(gt.getImgIds())
@@ -133,13 +150,14 @@ def _image_ids(gt: Any, category: Mapping[str, Any], cfg: Mapping[str, Any]) -> 
     return ids
 
 
-def _setup(cfg: Mapping[str, Any], model_path: Path | None) -> Setup:
-    """Open the model and read its settings, or take them from the config in oracle mode."""
+def _setup(cfg: Mapping[str, Any], model_path: Path | None, kfile: KeypointFile) -> Setup:
+    """Open the model and read its settings, or take them from the config in oracle mode (the
+    topology resolved against the annotation file: ``topology=auto`` derives it from there)."""
     if model_path is None:
         if not cfg.get("oracle"):
             raise ValueError("give model=PATH (.onnx, .engine/.plan or .pth), or oracle=true")
         return Setup(
-            topology_from_config(cfg["topology"]),
+            resolve_topology(cfg["topology"], kfile),
             _size(cfg.get("input_size")),
             str(cfg.get("aspect") or "squash"),
             TargetConfig.from_config(cfg.get("targets")),

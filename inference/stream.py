@@ -36,6 +36,7 @@ import numpy as np
 from datasets.errors import UserError
 from datasets.files import IMAGE_SUFFIXES, write_json
 from datasets.images import MAX_PIXELS, ImageError, read_rgb
+from datasets.neck import COCO_PERSON_KEYPOINTS, adds_neck
 from datasets.topology import Topology
 from inference.cocoeval import skeletons_to_coco
 from inference.draw import draw_skeletons, write_rgb
@@ -46,26 +47,6 @@ from models.contract import skeletons_to_original
 log = logging.getLogger("inference.stream")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 STAGES = ("read", "preprocess", "network", "decode", "track")
-# COCO's person category, in COCO's order (the first 17 labels of the coco18 topology)
-COCO_PERSON_KEYPOINTS = (
-    "nose",
-    "left_eye",
-    "right_eye",
-    "left_ear",
-    "right_ear",
-    "left_shoulder",
-    "right_shoulder",
-    "left_elbow",
-    "right_elbow",
-    "left_wrist",
-    "right_wrist",
-    "left_hip",
-    "right_hip",
-    "left_knee",
-    "right_knee",
-    "left_ankle",
-    "right_ankle",
-)
 
 
 @dataclass
@@ -418,7 +399,7 @@ def _process(pipeline: Pipeline, pending: list[Frame], sinks: Sequence[Any]) -> 
 def coco_category(topology: Topology) -> dict[str, Any]:
     """COCO's person category when the topology holds its 17 keypoints (coco18: the neck is
     dropped so results evaluate against COCO annotations), else the topology's own category."""
-    if set(COCO_PERSON_KEYPOINTS) <= set(topology.labels):
+    if adds_neck(COCO_PERSON_KEYPOINTS, topology):
         return {"id": 1, "name": "person", "keypoints": list(COCO_PERSON_KEYPOINTS)}
     return topology.to_coco_category(category_id=1)
 

@@ -26,13 +26,14 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
+from datasets.auto_topology import topology_for_file
 from datasets.coco import CocoKeypoints
 from datasets.config import as_plain
 from datasets.errors import user_errors
 from datasets.files import resolve_path
 from datasets.images import read_rgb
 from datasets.targets import TargetConfig
-from datasets.topology import Topology, topology_from_config
+from datasets.topology import Topology
 from inference.cli import alias_model_argument, default_output_to_run_dir, output_dir
 from inference.decoder import build_decoder
 from inference.draw import (
@@ -86,6 +87,16 @@ def maps_from_model(image_path: Path, model_path: Path, device: str = "cpu") -> 
     )
 
 
+def _oracle_topology(cfg: Mapping[str, Any]) -> Topology:
+    """The configured topology; ``topology=auto`` from the annotation file's category."""
+    return topology_for_file(
+        cfg["topology"],
+        resolve_path(cfg["annotations"]),
+        cfg.get("category"),
+        bool(cfg.get("strict", True)),
+    )
+
+
 def maps_from_ground_truth(image: str, cfg: Mapping[str, Any], topology: Topology) -> Maps:
     """Targets rendered from the COCO annotations of ``image`` (a file name or an image id)."""
     ds = CocoKeypoints(
@@ -96,6 +107,9 @@ def maps_from_ground_truth(image: str, cfg: Mapping[str, Any], topology: Topolog
         targets=TargetConfig.from_config(cfg.get("targets")),
         augment=None,
         aspect=str(cfg.get("aspect", "squash")),
+        category=cfg.get("category"),
+        strict=bool(cfg.get("strict", True)),
+        keypoint_map=(cfg.get("topology") or {}).get("keypoint_map"),
     )
     name = Path(str(image)).name
     index = next(
@@ -312,7 +326,7 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError("give image=PATH (with model=MODEL, or oracle=true)")
     out_dir = output_dir(cfg, "visualize")
     if cfg.get("oracle"):
-        maps = maps_from_ground_truth(str(image), cfg, topology_from_config(cfg["topology"]))
+        maps = maps_from_ground_truth(str(image), cfg, _oracle_topology(cfg))
     else:
         model = resolve_path(cfg.get("model_path") or cfg.get("model"))
         if model is None:

@@ -31,13 +31,15 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from datasets import coco, synthetic
+from datasets.auto_topology import stored_config
+from datasets.cocofile import load_keypoint_file
 from datasets.config import as_plain
 from datasets.files import atomic_write_text, resolve_path
 from datasets.geometry import invert
 from datasets.targets import TargetConfig, render_targets_torch
-from datasets.topology import Topology, topology_from_config
+from datasets.topology import Topology
 from inference.cocoeval import evaluate as coco_evaluate
-from inference.cocoeval import load_coco, person_category, skeletons_to_coco
+from inference.cocoeval import ground_truth, skeletons_to_coco
 from inference.decoder import build_decoder
 from models.build import build_model
 from models.checkpoint import load_checkpoint
@@ -495,17 +497,23 @@ def _decode_to_coco(
 
 def _coco_ap(results: list[dict], image_ids: list[int], cfg: Mapping[str, Any]) -> dict[str, float]:
     """COCO keypoint AP/AR of ``results`` on ``image_ids`` against ``data.val_annotations``."""
-    gt = _cached_coco(str(cfg["data"]["val_annotations"]))
-    stats = coco_evaluate(gt, results, image_ids=sorted(set(image_ids)), verbose=False)
+    gt, _, sigmas = _COCO_CACHE[str(cfg["data"]["val_annotations"])]
+    stats = coco_evaluate(
+        gt, results, image_ids=sorted(set(image_ids)), sigmas=sigmas, verbose=False
+    )
     return {"val_ap": stats["AP"], "val_ap50": stats["AP50"], "val_ar": stats["AR"]}
 
 
 _COCO_CACHE: dict[str, Any] = {}
 
 
-def _cached_coco(path: str) -> Any:
+def _val_truth(cfg: Mapping[str, Any], topology: Topology) -> tuple[Any, dict, Any]:
+    """(COCO, category, OKS sigmas) of the validation file, read once by the shared reader."""
+    path = str(cfg["data"]["val_annotations"])
     if path not in _COCO_CACHE:
-        _COCO_CACHE[path] = load_coco(path)
+        kfile = load_keypoint_file(path, cfg.get("category"), bool(cfg.get("strict", True)))
+        keypoint_map = (cfg.get("topology") or {}).get("keypoint_map")
+        _COCO_CACHE[path] = ground_truth(kfile, topology, keypoint_map)
     return _COCO_CACHE[path]
 
 
@@ -635,7 +643,10 @@ def run(
 def train(cfg, dist, out, train_set=None, val_set=None, collate_fn=None) -> dict[str, Any]:
     """Set up, find the resume point, then per epoch: train_one_epoch, evaluate, checkpoint."""
     setup_process(dist.rank, dist.device, cfg["threads"], bool(cfg["deterministic"]))
-    topology = topology_from_config(cfg["topology"])
+    topology = coco.training_topology(cfg)
+    # the topology node resolved (topology=auto derived from the data): what config.yaml and the
+    # checkpoints carry, so export and inference never derive it again
+    cfg["topology"] = stored_config(topology, cfg["topology"])
     targets = TargetConfig.from_config(cfg.get("targets"))
     resume_path = resume_point(cfg["resume"], out, dist)
     if train_set is None:
@@ -738,4 +749,4 @@ def _yaml(cfg: Mapping[str, Any]) -> str:
 
 def _val_category(cfg: Mapping[str, Any], topology: Topology) -> dict[str, Any]:
     """The COCO keypoint category of the validation annotations."""
-    return person_category(_cached_coco(str(cfg["data"]["val_annotations"])))
+    return _val_truth(cfg, topology)[1]
