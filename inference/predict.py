@@ -81,7 +81,7 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     kwargs = {"threads": threads} if threads else {}
     runtime = load_runtime(model_path, device=str(cfg.get("device", "cpu")), **kwargs)
     topology = runtime.info.topology
-    pipeline = Pipeline(runtime, cfg.get("decoder"), make_tracker(cfg, source, topology))
+    pipeline = Pipeline(runtime, cfg.get("decoder_overrides"), make_tracker(cfg, source, topology))
     out_dir.mkdir(parents=True, exist_ok=True)
     json_sink = JsonSink(out_dir, topology)
     sinks: list[Any] = [json_sink]

@@ -335,7 +335,9 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
         if not image_path.is_file():
             raise FileNotFoundError(f"image not found: {image_path}")
         maps = maps_from_model(image_path, model, str(cfg.get("device", "cpu")))
-    steps = render_steps(maps, cfg.get("decoder"), int(cfg.get("scale", 2)), cfg.get("edge"))
+    steps = render_steps(
+        maps, cfg.get("decoder_overrides"), int(cfg.get("scale", 2)), cfg.get("edge")
+    )
     paths = []
     for stem, _, img in steps:
         path = out_dir / f"{stem}.png"

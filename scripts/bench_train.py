@@ -45,7 +45,9 @@ def bare_windows(
     topo = Topology.named("coco18")
     torch.manual_seed(0)
     model = build_model(dict(model_cfg, pretrained=False), topo).train()
-    opt = build_optimizer(model.parameters(), {"name": "adam", "lr": 1e-3})
+    opt = build_optimizer(
+        model.parameters(), {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
+    )
     s = model.stride
     x = torch.rand(batch, 3, size, size)
     heat_t = torch.rand(batch, topo.num_parts, size // s, size // s)

@@ -119,7 +119,9 @@ def main() -> None:
             f"note: target AP {args.target_ap} is above this setup's ceiling; try a larger --size"
         )
 
-    opt = build_optimizer(model.parameters(), {"name": "adam", "lr": args.lr})
+    opt = build_optimizer(
+        model.parameters(), {"_target_": "torch.optim.Adam", "_partial_": True, "lr": args.lr}
+    )
     n = args.images
     gen = torch.Generator().manual_seed(0)
     t0 = time.perf_counter()

@@ -126,7 +126,7 @@ def test_folder_to_coco_json_and_pictures(onnx_model, tmp_path):
             "model": str(onnx_model),
             "output": str(out),
             "batch_size": 2,
-            "decoder": {"threshold_heatmap": 0.2},
+            "decoder_overrides": {"threshold_heatmap": 0.2},
         }
     )
     images = json.loads((out / "images.json").read_text())

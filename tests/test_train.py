@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from models.build import build_from_checkpoint
 from models.checkpoint import load_checkpoint
@@ -22,12 +23,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_cfg(out_dir: Path, **over) -> dict:
-    """conf/train.yaml as plain data with the tiny model on 64x64 inputs."""
-    cfg = yaml.safe_load((CONF / "train.yaml").read_text())
-    cfg.pop("defaults"), cfg.pop("hydra")
-    cfg["topology"] = yaml.safe_load((CONF / "topology" / "coco18.yaml").read_text())
-    cfg["model"] = yaml.safe_load((CONF / "model" / "tiny.yaml").read_text())
-    cfg["targets"]["stride"] = cfg["model"]["stride"]
+    """conf/train.yaml (composed, as plain data) with the tiny model on 64x64 inputs."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = OmegaConf.to_container(compose("train", ["model=tiny"]), resolve=True)
     cfg["data"] = {"input_size": [64, 64], "batch_size": 4, "num_workers": 0}
     cfg.update(
         epochs=2, ckpt_every=1, log_every=1, image_every=0, out_dir=str(out_dir), resume="auto"

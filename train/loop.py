@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 import yaml
+from hydra.utils import instantiate
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torch.utils.tensorboard import SummaryWriter
@@ -110,34 +111,13 @@ def resolve_amp(amp: Any, device: torch.device) -> torch.dtype | None:
 def build_optimizer(
     params: Iterable[nn.Parameter], cfg: Mapping[str, Any]
 ) -> torch.optim.Optimizer:
-    """Adam (trt_pose's), AdamW or SGD from ``cfg.optimizer``."""
-    name = str(cfg.get("name", "adam")).lower()
-    lr, wd = float(cfg.get("lr", 1e-3)), float(cfg.get("weight_decay", 0.0))
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-    if name == "sgd":
-        return torch.optim.SGD(
-            params, lr=lr, momentum=float(cfg.get("momentum", 0.9)), weight_decay=wd
-        )
-    raise ValueError(f"optimizer.name must be adam, adamw or sgd; got {name!r}")
+    """The optimizer of ``cfg.optimizer`` (conf/optimizer: a ``_target_`` with ``_partial_``)."""
+    return instantiate(cfg)(params)
 
 
-def build_scheduler(opt: torch.optim.Optimizer, cfg: Mapping[str, Any], epochs: int) -> Any:
-    """Per-epoch LR schedule: ``multistep`` (milestones, gamma), ``cosine`` or ``constant``."""
-    name = str(cfg.get("name", "multistep")).lower()
-    if name == "multistep":
-        return torch.optim.lr_scheduler.MultiStepLR(
-            opt,
-            milestones=[int(m) for m in cfg.get("milestones", [])],
-            gamma=float(cfg.get("gamma", 0.1)),
-        )
-    if name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
-    if name == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    raise ValueError(f"scheduler.name must be multistep, cosine or constant; got {name!r}")
+def build_scheduler(opt: torch.optim.Optimizer, cfg: Mapping[str, Any]) -> Any:
+    """The per-epoch LR schedule of ``cfg.scheduler`` (conf/scheduler, ``_partial_``)."""
+    return instantiate(cfg)(opt)
 
 
 # --------------------------------------------------------------------------- data
@@ -657,7 +637,7 @@ def train(cfg, dist, out, train_set=None, val_set=None, collate_fn=None) -> dict
     amp_dtype = resolve_amp(cfg["amp"], dist.device)
     scaler = torch.amp.GradScaler(dist.device.type, enabled=amp_dtype == torch.float16)
     optimizer = build_optimizer(model.parameters(), cfg["optimizer"])
-    scheduler = build_scheduler(optimizer, cfg["scheduler"], cfg["epochs"])
+    scheduler = build_scheduler(optimizer, cfg["scheduler"])
     start_epoch, step = 0, 0
     if resume_path is not None:
         ckpt = load_checkpoint(resume_path, map_location=dist.device)
