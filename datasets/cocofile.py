@@ -99,13 +99,26 @@ def describe_problems(problems: Mapping[str, Sequence[Any]], expected_len: int |
 
 
 # --------------------------------------------------------------------------- reading
+def missing_hint(path: Path) -> str:
+    """The next step for a missing annotation file: COCO's own files come from
+    ``datasets.download``, the ``_modified`` ones (with the neck) from ``datasets.preprocess``."""
+    if path.name.endswith("_modified.json"):
+        raw = path.with_name(path.name.replace("_modified.json", ".json"))
+        step = "" if raw.is_file() else "run python -m datasets.download, then "
+        return (
+            f"{step or 'run '}python -m datasets.preprocess (or set data.root=..., or train on the "
+            "generated set with data=synthetic)"
+        )
+    if path.name.startswith("person_keypoints_"):
+        return "run python -m datasets.download (or give annotations=FILE images=DIR)"
+    return "give the path of a COCO keypoint file"
+
+
 def read_json(path: str | Path) -> dict[str, Any]:
     """A COCO file as a dict; every unreadable file is an AnnotationError naming it."""
     path = Path(path)
     if not path.is_file():
-        raise AnnotationFileMissing(
-            f"annotation file {path} not found: give the path of a COCO keypoint file"
-        )
+        raise AnnotationFileMissing(f"annotation file {path} not found: {missing_hint(path)}")
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")

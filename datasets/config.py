@@ -13,8 +13,18 @@ def as_plain(cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
     """A resolved, deep-copied plain ``dict`` of ``cfg`` (a DictConfig or a mapping of plain data).
 
     A mapping is copied through JSON, so the result is plain data a checkpoint or a JSON file can
-    store (tuples become lists; paths and other leaves become strings).
+    store (tuples become lists; paths and other leaves become strings). A mandatory value the
+    user did not give (``???`` in the YAML) becomes None, which each command reports as a
+    usage error naming the override to give.
     """
     if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+        return _missing_to_none(OmegaConf.to_container(cfg, resolve=True))
     return json.loads(json.dumps(cfg, default=str))
+
+
+def _missing_to_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _missing_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_missing_to_none(v) for v in value]
+    return None if value == "???" else value

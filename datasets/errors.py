@@ -48,6 +48,18 @@ def _debug(args: tuple[Any, ...]) -> bool:
         return False
 
 
+def one_line(error: UserError) -> str:
+    """The error's message on one line. A UserError raised in a DataLoader worker comes back as
+    ``Caught UserError in DataLoader worker process 0.\nOriginal Traceback ...`` ending in
+    ``datasets.errors.UserError: <message>``: the message is that last line."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else type(error).__name__
+    last = lines[-1]
+    name = f"{type(error).__name__}: "
+    return last.split(name, 1)[1] if name in last else last
+
+
 def user_errors(fn: F) -> F:
     """Decorate a command's task function: a :class:`UserError` becomes ``error: ...`` on stderr
     and ``SystemExit(error.exit_code)`` (SystemExit passes through Hydra's own error handler)."""
@@ -59,7 +71,7 @@ def user_errors(fn: F) -> F:
         except UserError as e:
             if _debug(args):
                 raise
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {one_line(e)}", file=sys.stderr)
             raise SystemExit(e.exit_code) from None
 
     return wrapper  # type: ignore[return-value]

@@ -112,3 +112,13 @@ def write_json(path: str | Path, data: Any, **dump_kwargs: Any) -> Path:
     """Write ``data`` as JSON to ``path`` atomically (streamed, so large files are not copied into
     a string first); ``dump_kwargs`` go to ``json.dump`` (``indent``, ``separators``, ...)."""
     return _atomic(path, lambda f: json.dump(data, f, **dump_kwargs))
+
+
+def where_checkpoints_are(path: Path, runs: Path = Path("runs")) -> str:
+    """The next step for a checkpoint path that does not exist: training writes checkpoints to
+    ``runs/<name>/``; name the ones with this file name, if any."""
+    runs = runs if runs.is_absolute() else Path.cwd() / runs
+    found = sorted(runs.glob(f"*/{path.name}"))[:3] if runs.is_dir() else []
+    if found:
+        return "did you mean " + " or ".join(str(p) for p in found) + "?"
+    return "training writes checkpoints to runs/<name>/ (epoch_N.pth, last.pth): give one of them"

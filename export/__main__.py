@@ -22,7 +22,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from datasets.config import as_plain
-from datasets.errors import user_errors
+from datasets.errors import UsageError, user_errors
 from datasets.files import atomic_path, resolve_path, write_json
 from export.onnx import (
     ParityError,
@@ -46,7 +46,7 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     cfg = as_plain(cfg)
     ckpt = resolve_path(cfg.get("ckpt"))
     if ckpt is None:
-        raise ValueError("give the checkpoint: python -m export ckpt=path/to/epoch_N.pth")
+        raise UsageError("give the checkpoint: python -m export ckpt=runs/<name>/epoch_N.pth")
     output = resolve_path(cfg.get("output")) or ckpt.with_suffix(".onnx")
     model, config = build_from_checkpoint(ckpt)
     info = model_info(cfg, config, model.stride)

@@ -31,7 +31,7 @@ import torch
 from omegaconf import DictConfig
 
 from datasets.config import as_plain
-from datasets.errors import user_errors
+from datasets.errors import UsageError, UserError, user_errors
 from datasets.files import atomic_path, list_images, resolve_path, write_json
 from datasets.images import read_rgb
 from inference.runtime import engine_sidecar
@@ -254,8 +254,13 @@ def run(cfg: Mapping[str, Any]) -> Path:
     """Build the engine described by ``cfg`` (see conf/tensorrt.yaml)."""
     cfg = as_plain(cfg)
     onnx_path = resolve_path(cfg.get("onnx"))
-    if onnx_path is None or not onnx_path.is_file():
-        raise FileNotFoundError(f"ONNX model not found: {onnx_path} (give onnx=path/to/model.onnx)")
+    if onnx_path is None:
+        raise UsageError("give the ONNX model: python -m export.tensorrt onnx=path/to/model.onnx")
+    if not onnx_path.is_file():
+        raise UserError(
+            f"ONNX model not found: {onnx_path}: export one first (python -m export "
+            "ckpt=runs/<name>/epoch_N.pth), then give onnx=path/to/model.onnx"
+        )
     precision = str(cfg.get("precision", "fp16"))
     output = resolve_path(cfg.get("output")) or onnx_path.with_name(
         f"{onnx_path.stem}.{precision}.engine"

@@ -197,12 +197,21 @@ def evaluate(
     """
     cat = person_category(coco_gt)
     ids = sorted(coco_gt.getImgIds()) if image_ids is None else sorted(int(i) for i in image_ids)
+    people = coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=ids, catIds=[cat["id"]], iscrowd=False))
+    if not any(a.get("num_keypoints", 0) > 0 for a in people):
+        # COCOeval scores only annotated people; without any it prints -1 everywhere
+        if verbose:
+            print(
+                f"note: no ground-truth {cat.get('name', 'object')} with labelled keypoints in "
+                f"the {len(ids)} evaluated images, so AP/AR are undefined (-1); evaluate on "
+                "images with annotated people (only_with_people=true, or another annotations=...)"
+            )
+        return dict.fromkeys(STAT_NAMES, -1.0)
     if not results:
         # COCO.loadRes refuses an empty list; no detection scores 0 wherever there are people
         if verbose:
             print("no detections: AP = 0")
-        has_gt = any(coco_gt.getAnnIds(imgIds=ids, iscrowd=False))
-        return dict.fromkeys(STAT_NAMES, 0.0 if has_gt else -1.0)
+        return dict.fromkeys(STAT_NAMES, 0.0)
     with contextlib.redirect_stdout(io.StringIO()):
         coco_dt = coco_gt.loadRes(list(results))
     ev = COCOeval(coco_gt, coco_dt, "keypoints")

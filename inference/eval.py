@@ -41,7 +41,7 @@ from tqdm import tqdm
 from datasets.auto_topology import resolve_topology
 from datasets.cocofile import KeypointFile, load_keypoint_file
 from datasets.config import as_plain
-from datasets.errors import user_errors
+from datasets.errors import UsageError, UserError, user_errors
 from datasets.files import resolve_path, write_json
 from datasets.images import MAX_PIXELS, ImageError, read_rgb
 from datasets.targets import TargetConfig
@@ -76,7 +76,7 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     cfg = as_plain(cfg)
     annotations = resolve_path(cfg.get("annotations"))
     if annotations is None:
-        raise ValueError("give annotations=PATH (a COCO person_keypoints file)")
+        raise UsageError("give annotations=PATH (a COCO person_keypoints file)")
     out_dir = output_dir(cfg, "eval")
     model_path = resolve_path(cfg.get("model_path") or cfg.get("model"))
     kfile = load_keypoint_file(annotations, cfg.get("category"), bool(cfg.get("strict", True)))
@@ -119,7 +119,10 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "num_images": len(evaluated),
         "num_detections": len(results),
         "skipped_images": skipped,
+        "num_images_with_people": n_people,
     }
+    if n_people == 0:  # evaluate() printed the note; stats.json says it too
+        summary["note"] = "no ground-truth people in the evaluated images: AP/AR undefined (-1)"
     write_json(out_dir / "stats.json", summary)
     log.info("wrote %s and %s", results_path, out_dir / "stats.json")
     return {**summary, "results": str(results_path), "output": str(out_dir)}
@@ -155,7 +158,7 @@ def _setup(cfg: Mapping[str, Any], model_path: Path | None, kfile: KeypointFile)
     topology resolved against the annotation file: ``topology=auto`` derives it from there)."""
     if model_path is None:
         if not cfg.get("oracle"):
-            raise ValueError("give model=PATH (.onnx, .engine/.plan or .pth), or oracle=true")
+            raise UsageError("give model=PATH (.onnx, .engine/.plan or .pth), or oracle=true")
         return Setup(
             resolve_topology(cfg["topology"], kfile),
             _size(cfg.get("input_size")),
@@ -270,12 +273,12 @@ def _has_people(coco_gt: Any, image_id: int, category: Mapping[str, Any]) -> boo
 def _size(value: Any) -> tuple[int, int]:
     """``224`` or ``[H, W]`` -> (H, W)."""
     if value is None:
-        raise ValueError("oracle mode needs input_size=N or input_size=[H,W] (or model=PATH)")
+        raise UsageError("oracle mode needs input_size=N or input_size=[H,W] (or model=PATH)")
     vals = [value] * 2 if isinstance(value, int | float | str) else list(value)
     if len(vals) == 1:
         vals = vals * 2
     if len(vals) != 2 or not all(int(v) > 0 for v in vals):
-        raise ValueError(f"input_size must be N or [H, W] with positive sizes, got {value!r}")
+        raise UsageError(f"input_size must be N or [H, W] with positive sizes, got {value!r}")
     return int(vals[0]), int(vals[1])
 
 
@@ -287,9 +290,7 @@ def _images_dir(images: Any, annotations: Path) -> Path:
         if m:
             path = annotations.parent.parent / m.group(1)
     if path is None or not path.is_dir():
-        raise FileNotFoundError(
-            f"image folder {path} not found for {annotations.name}; give images=DIR"
-        )
+        raise UserError(f"image folder {path} not found for {annotations.name}; give images=DIR")
     return path
 
 

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from datasets.errors import UsageError, UserError
+from datasets.files import where_checkpoints_are
 from inference.decoder import build_decoder
 from models.contract import INPUT_NAME, OUTPUT_NAMES, ModelInfo, preprocess_image
 
@@ -271,7 +273,8 @@ def load_runtime(path: str | Path, device: str = "cpu", **kwargs: Any) -> Runtim
     """Open a model by file suffix: .onnx (onnxruntime), .engine/.plan (tensorrt), .pth/.pt (torch)."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"model file not found: {p}")
+        hint = where_checkpoints_are(p) if p.suffix in (".pth", ".pt") else "give model=PATH"
+        raise UserError(f"model file not found: {p}: {hint}")
     suffix = p.suffix.lower()
     if suffix == ".onnx":
         return OnnxRuntime(p, device=device, **kwargs)
@@ -279,6 +282,6 @@ def load_runtime(path: str | Path, device: str = "cpu", **kwargs: Any) -> Runtim
         return TensorRTRuntime(p, device=device if device != "cpu" else "cuda", **kwargs)
     if suffix in (".pth", ".pt"):
         return TorchRuntime(p, device=device, **kwargs)
-    raise ValueError(
-        f"{p}: unknown model type {suffix!r}; expected .onnx, .engine/.plan or .pth/.pt"
+    raise UsageError(
+        f"{p}: unknown model type {suffix!r}; give a .onnx, .engine/.plan or .pth/.pt file"
     )

@@ -29,7 +29,7 @@ from omegaconf import DictConfig
 from datasets.auto_topology import topology_for_file
 from datasets.coco import CocoKeypoints
 from datasets.config import as_plain
-from datasets.errors import user_errors
+from datasets.errors import UsageError, UserError, user_errors
 from datasets.files import resolve_path
 from datasets.images import read_rgb
 from datasets.targets import TargetConfig
@@ -121,7 +121,7 @@ def maps_from_ground_truth(image: str, cfg: Mapping[str, Any], topology: Topolog
         None,
     )
     if index is None:
-        raise ValueError(
+        raise UserError(
             f"{cfg['annotations']}: no image {image!r} with labelled keypoints (by file name or id);"
             f" e.g. {[r['file'].name for r in ds.records[:3]]}"
         )
@@ -142,14 +142,14 @@ def pick_edge(edge: Any, topology: Topology, trace) -> int:
     if isinstance(edge, int) or str(edge).isdigit():
         e = int(edge)
         if not 0 <= e < topology.num_edges:
-            raise ValueError(f"edge {e} out of range 0..{topology.num_edges - 1}")
+            raise UsageError(f"edge={e} is out of range: give 0..{topology.num_edges - 1}")
         return e
     names = str(edge).split("-")
     for i, (a, b) in enumerate(topology.edges):
         if [topology.labels[a], topology.labels[b]] == names:
             return i
-    raise ValueError(
-        f"no edge {edge!r}; edges are "
+    raise UsageError(
+        f"no edge {edge!r}; give edge=FROM-TO from "
         f"{['-'.join((topology.labels[a], topology.labels[b])) for a, b in topology.edges]}"
     )
 
@@ -323,17 +323,17 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     cfg = as_plain(cfg)
     image = cfg.get("image")
     if image is None:
-        raise ValueError("give image=PATH (with model=MODEL, or oracle=true)")
+        raise UsageError("give image=PATH (with model=MODEL, or oracle=true)")
     out_dir = output_dir(cfg, "visualize")
     if cfg.get("oracle"):
         maps = maps_from_ground_truth(str(image), cfg, _oracle_topology(cfg))
     else:
         model = resolve_path(cfg.get("model_path") or cfg.get("model"))
         if model is None:
-            raise ValueError("give model=PATH (.onnx, .engine or .pth), or oracle=true")
+            raise UsageError("give model=PATH (.onnx, .engine or .pth), or oracle=true")
         image_path = resolve_path(image)
         if not image_path.is_file():
-            raise FileNotFoundError(f"image not found: {image_path}")
+            raise UserError(f"image not found: {image_path}: give image=PATH")
         maps = maps_from_model(image_path, model, str(cfg.get("device", "cpu")))
     steps = render_steps(
         maps, cfg.get("decoder_overrides"), int(cfg.get("scale", 2)), cfg.get("edge")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from datasets.errors import UserError
 from models.checkpoint import FORMAT_VERSION, load_checkpoint
 from train.checkpoint import save_checkpoint, unwrap_model
 
@@ -61,15 +62,15 @@ def test_failed_write_keeps_previous_file(tmp_path, monkeypatch):
 
 
 def test_errors_name_the_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.pth"):
+    with pytest.raises(UserError, match=r"checkpoint not found: .*nope.pth: training writes"):
         load_checkpoint(tmp_path / "nope.pth")
     trunc = tmp_path / "trunc.pth"
     good = save_checkpoint(tmp_path / "good.pth", _state())
     trunc.write_bytes(good.read_bytes()[:100])
-    with pytest.raises(RuntimeError, match="trunc.pth"):
+    with pytest.raises(UserError, match=r"cannot read checkpoint .*trunc.pth \("):
         load_checkpoint(trunc)
     torch.save({"epoch": 1}, tmp_path / "partial.pth")
-    with pytest.raises(ValueError, match=r"partial.pth lacks \['format_version', 'step', 'model'"):
+    with pytest.raises(UserError, match=r"partial.pth lacks \['format_version', 'step', 'model'"):
         load_checkpoint(tmp_path / "partial.pth")
 
 
@@ -80,7 +81,7 @@ class Thing:
 def test_pickled_objects_are_refused(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"format_version": 1, "epoch": 0, "step": 0, "model": {}, "config": Thing()}, path)
-    with pytest.raises(RuntimeError, match="evil.pth"):
+    with pytest.raises(UserError, match=r"evil.pth holds pickled Python objects"):
         load_checkpoint(path)
 
 

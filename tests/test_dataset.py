@@ -357,7 +357,7 @@ def test_image_size_disagreeing_with_record(tmp_path, coco_mini):
 
 def test_bad_annotation_files(tmp_path):
     topo = Topology.named("coco18")
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(UserError, match="annotation file .*none.json not found: give the path"):
         CocoKeypoints(tmp_path / "none.json", tmp_path, topo)
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ValueError, match="not valid JSON"):

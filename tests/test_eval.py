@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+from datasets.errors import UsageError
 from datasets.images import ImageError
 from datasets.neck import add_neck
 from datasets.topology import Topology
@@ -378,7 +379,7 @@ def test_model_mode_with_a_real_checkpoint(tmp_path):
 
 def test_eval_needs_a_model_or_oracle(tmp_path):
     ann = _write_images(tmp_path, make_dataset())
-    with pytest.raises(ValueError, match="model=PATH"):
+    with pytest.raises(UsageError, match="model=PATH"):
         run(_cfg(annotations=str(ann), output=str(tmp_path / "o")))
 
 
@@ -432,3 +433,14 @@ def test_two_runs_in_the_same_second_get_their_own_run_dirs(tmp_path):
     for d in dirs:
         assert (run_dir.parent / d / "results.json").is_file()
         assert (run_dir.parent / d / "eval.log").is_file()  # Hydra's log: one per run too
+
+
+def test_zero_ground_truth_people_prints_a_note(capsys, tmp_path):
+    """Image 4 has nobody: COCOeval's AP would be a bare -1.000; a note says why."""
+    gt = load_coco(make_dataset())
+    fake = [{"image_id": 4, "category_id": 1, "keypoints": [10.0, 10.0, 1.0] * 17, "score": 0.9}]
+    stats = evaluate(gt, fake, image_ids=[4])
+    assert stats["AP"] == -1.0
+    out = capsys.readouterr().out
+    assert "note: no ground-truth person with labelled keypoints in the 1 evaluated images" in out
+    assert "only_with_people=true" in out

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from datasets.errors import UsageError, UserError
 from datasets.geometry import apply
 from datasets.topology import Topology
 from export.__main__ import run as export
@@ -133,11 +134,11 @@ def test_torch_runtime_info_from_checkpoint(exported):
 
 
 def test_load_runtime_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="model file not found"):
+    with pytest.raises(UserError, match="model file not found: .*missing.onnx: give model=PATH"):
         load_runtime(tmp_path / "missing.onnx")
     bad = tmp_path / "model.tflite"
     bad.write_bytes(b"x")
-    with pytest.raises(ValueError, match=r"unknown model type '\.tflite'"):
+    with pytest.raises(UsageError, match=r"unknown model type '\.tflite'"):
         load_runtime(bad)
 
 

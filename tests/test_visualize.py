@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from datasets.errors import UsageError, UserError
 from datasets.topology import Topology
 from export.__main__ import run as export
 from inference.draw import draw_skeletons, limb_colors, make_grid, palette
@@ -90,11 +91,11 @@ def test_pick_edge_and_errors(coco_mini, tmp_path):
     topo = Topology.named("coco18")
     assert pick_edge(0, topo, None) == 0
     assert pick_edge("neck-nose", topo, None) == 16
-    with pytest.raises(ValueError, match="no edge 'nose-neck'"):
+    with pytest.raises(UsageError, match="no edge 'nose-neck'; give edge=FROM-TO"):
         pick_edge("nose-neck", topo, None)
-    with pytest.raises(ValueError, match="out of range"):
+    with pytest.raises(UsageError, match="out of range"):
         pick_edge(21, topo, None)
-    with pytest.raises(ValueError, match="no image '000000000785.jpg' with labelled keypoints"):
+    with pytest.raises(UserError, match="no image '000000000785.jpg' with labelled keypoints"):
         run(_oracle_cfg(coco_mini, tmp_path, image="000000000785.jpg"))
 
 
