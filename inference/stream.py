@@ -108,6 +108,7 @@ class Source:
     fps: float | None = None
     count: int | None = None
     skipped: list[str] = field(default_factory=list)  # unreadable images left out of a folder
+    dropped: int = 0  # frames the read-ahead dropped because the loop was busy (live sources)
 
     @property
     def live(self) -> bool:
@@ -242,14 +243,22 @@ def _capture_source(target: str | int, kind: str, name: str) -> Source:
 
 class ReadAhead:
     """Iterate a source's frames read on a thread, at most ``depth`` ahead. With ``drop`` (live
-    sources) a full queue loses its oldest frame instead of blocking the reader; ``dropped``
-    counts them. An error in the reader is raised in the consumer, after the frames before it."""
+    sources) a full queue loses its oldest frame instead of blocking the reader; the source's
+    ``dropped`` counts them. ``pace`` (frames per second) plays a file at its frame rate. An error
+    in the reader is raised in the consumer, after the frames before it."""
 
     _END = object()
 
-    def __init__(self, source: Source, timer: Timer, depth: int = 4, drop: bool = False):
+    def __init__(
+        self,
+        source: Source,
+        timer: Timer,
+        depth: int = 4,
+        drop: bool = False,
+        pace: float | None = None,
+    ):
         self.queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
-        self.drop, self.dropped = drop, 0
+        self.drop, self.source, self.pace = drop, source, pace
         self.stopped = threading.Event()
         self.thread = threading.Thread(
             target=self._read, args=(source, timer), name="read-ahead", daemon=True
@@ -259,8 +268,11 @@ class ReadAhead:
     def _read(self, source: Source, timer: Timer) -> None:
         item: Any = self._END
         try:
-            frames = source.frames()
+            frames, begin, n = source.frames(), time.perf_counter(), 0
             while not self.stopped.is_set():
+                if self.pace:  # frame n is read no sooner than its time, as from a camera
+                    self.stopped.wait(begin + n / self.pace - time.perf_counter())
+                    n += 1
                 start = time.perf_counter()
                 frame = next(frames, None)
                 if frame is None:
@@ -284,7 +296,7 @@ class ReadAhead:
                 if drop:
                     try:
                         self.queue.get_nowait()
-                        self.dropped += 1
+                        self.source.dropped += 1
                     except queue.Empty:
                         pass
 
@@ -363,16 +375,21 @@ def run_stream(
     sinks: Sequence[Any],
     batch_size: int = 1,
     stop: threading.Event | None = None,
+    drop: bool | None = None,
+    pace: float | None = None,
 ) -> dict[str, Any]:
     """Run the loop until the source ends (or ``stop`` is set); returns the timing summary with
-    ``dropped`` (live frames dropped by the reader) and ``skipped_images`` (unreadable images)."""
+    ``dropped`` (frames dropped by the reader: ``drop``, default on for live sources, processes
+    the newest frame instead of every frame) and ``skipped_images`` (unreadable images).
+    ``pace``: read at most this many frames per second (a file played as if live)."""
     batch_size = max(1, int(batch_size))
-    reader = ReadAhead(source, pipeline.timer, depth=2 * batch_size + 2, drop=source.live)
+    drop = source.live if drop is None else drop
+    reader = ReadAhead(source, pipeline.timer, 2 * batch_size + 2, drop, pace)
     frames, start, pending = 0, time.perf_counter(), []
     try:
         for frame in reader:
             pending.append(frame)
-            if len(pending) == batch_size or source.live:
+            if len(pending) == batch_size or drop:
                 frames += _process(pipeline, pending, sinks)
             if stop is not None and stop.is_set():
                 break
@@ -383,7 +400,7 @@ def run_stream(
         for sink in sinks:  # a stream that ends or fails keeps what it had
             sink.close()
     stats = pipeline.timer.summary(frames, time.perf_counter() - start)
-    return {**stats, "dropped": reader.dropped, "skipped_images": list(source.skipped)}
+    return {**stats, "dropped": source.dropped, "skipped_images": list(source.skipped)}
 
 
 def _process(pipeline: Pipeline, pending: list[Frame], sinks: Sequence[Any]) -> int:

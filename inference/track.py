@@ -6,12 +6,14 @@
 Each frame, every live track predicts where its keypoints are now with a constant-velocity model
 (one velocity per object: the median displacement of its parts, so a swinging arm does not throw
 the whole object), and tracks and detections are matched one-to-one by Object Keypoint
-Similarity (OKS, COCO's keypoint distance with the topology's per-part sigmas) with the Hungarian
+Similarity (OKS, COCO's keypoint distance with the topology's per-part ``sigmas``) with the Hungarian
 algorithm (``scipy.optimize.linear_sum_assignment``). A pair is a match only if its OKS reaches
 ``min_oks``. Tracks left over are then offered the remaining detections once more at their last
 *seen* position (not the extrapolated one): this catches an object that stopped or turned while
-hidden or outside the picture. A track that misses ``max_age`` frames in a row is dropped; a
-detection that matches no track starts a new one (ids count up from 1 and are never reused).
+hidden or outside the picture. A track that misses more than ``max_age`` frames in a row is
+dropped, and so is a track seen in one frame only that misses the next (false skeletons of a weak
+model would otherwise pile up); a detection that matches no track starts a new one (ids count up
+from 1 and are never reused).
 
 ``smooth=True`` adds a One Euro filter (Casiez et al., CHI 2012) per keypoint: little smoothing
 at low speed (no jitter on a still object), little lag at high speed. The filtered keypoints are
@@ -21,6 +23,7 @@ written back into the arrays given to ``update``, so drawing and JSON show them.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -28,20 +31,18 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from datasets.topology import Topology
-from inference.cocoeval import oks_sigmas
 
 # OKS of a part is exp(-d^2 / (2 s^2 k^2)) with k = 2 sigma and s^2 the object's area (COCO);
 # a small floor keeps a track of a few close parts from having a near-zero area
 MIN_AREA = 32.0 * 32.0
+# pairs that cannot reach this OKS are not computed (see oks_matrix); below any useful min_oks
+GATE_OKS = 0.05
 
 
 def topology_sigmas(topology: Topology) -> np.ndarray:
-    """(K,) OKS sigmas of the topology's parts: its own ``sigmas`` when it carries them, else
-    COCO's by part name (the mean of COCO's for names COCO does not have)."""
-    own = getattr(topology, "sigmas", None)  # Topology gains `sigmas` with custom-object OKS
-    if own is not None and len(own) == topology.num_parts:
-        return np.asarray(own, dtype=np.float64)
-    return oks_sigmas(topology.labels)
+    """(K,) OKS sigmas of the topology's parts (``Topology.sigmas``: COCO's by name unless the
+    topology sets its own), as the tracker's OKS uses them."""
+    return np.asarray(topology.sigmas, dtype=np.float64)
 
 
 def oks_matrix(
@@ -49,25 +50,51 @@ def oks_matrix(
 ) -> np.ndarray:
     """(N, M) OKS between N track poses and M detections, both (., K, 2) with NaN for missing
     parts; ``areas`` (N,) are the tracks' object areas. Parts missing on either side are left
-    out of the mean; a pair sharing no part scores 0."""
-    if len(tracks) == 0 or len(detections) == 0:
-        return np.zeros((len(tracks), len(detections)))
-    d2 = ((tracks[:, None] - detections[None]) ** 2).sum(-1)  # (N, M, K)
+    out of the mean; a pair sharing no part scores 0.
+
+    Pairs whose boxes are too far apart for any part to reach ``GATE_OKS`` are not computed (0):
+    every shared part is at least the boxes' gap apart, so exp(-gap^2 / (2 (2 sigma_max)^2 s^2))
+    bounds their OKS. A weak model's hundreds of scattered false skeletons stay cheap this way.
+    """
+    n, m = len(tracks), len(detections)
+    out = np.zeros((n, m))
+    if n == 0 or m == 0:
+        return out
+    scale2 = 2.0 * (2.0 * sigmas) ** 2  # (K,)
+    s2 = np.maximum(areas, MIN_AREA)  # (N,)
+    gap = _box_gap(_boxes(tracks), _boxes(detections))  # (N, M)
+    bound = np.exp(-(gap**2) / (scale2.max() * s2[:, None]))
+    rows, cols = np.nonzero(bound >= GATE_OKS)
+    if rows.size == 0:
+        return out
+    d2 = ((tracks[rows] - detections[cols]) ** 2).sum(-1)  # (P, K)
     both = np.isfinite(d2)
-    var = (2.0 * sigmas) ** 2  # (K,)
-    e = d2 / (2.0 * var[None, None] * np.maximum(areas, MIN_AREA)[:, None, None])
-    sim = np.where(both, np.exp(-np.where(both, e, 0.0)), 0.0)
+    sim = np.exp(-np.where(both, d2, np.inf) / (scale2[None] * s2[rows, None]))
     count = both.sum(-1)
-    return np.where(count > 0, sim.sum(-1) / np.maximum(count, 1), 0.0)
+    out[rows, cols] = np.where(count > 0, sim.sum(-1) / np.maximum(count, 1), 0.0)
+    return out
 
 
-def pose_area(xy: np.ndarray) -> float:
-    """Area of the bounding box of a pose's present parts (K, 2), COCO's object scale."""
-    ok = np.isfinite(xy).all(1)
-    if ok.sum() < 2:
-        return MIN_AREA
-    span = xy[ok].max(0) - xy[ok].min(0)
-    return float(max(span[0] * span[1], MIN_AREA))
+def _boxes(poses: np.ndarray) -> np.ndarray:
+    """(N, 4) x0, y0, x1, y1 of each pose's present parts (NaN box for a pose with none)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN poses give NaN boxes
+        return np.concatenate([np.nanmin(poses, axis=1), np.nanmax(poses, axis=1)], axis=1)
+
+
+def _box_gap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N, M) distance between boxes (0 when they overlap; inf when one is empty)."""
+    gx = np.maximum(0.0, np.maximum(b[None, :, 0] - a[:, None, 2], a[:, None, 0] - b[None, :, 2]))
+    gy = np.maximum(0.0, np.maximum(b[None, :, 1] - a[:, None, 3], a[:, None, 1] - b[None, :, 3]))
+    return np.nan_to_num(np.hypot(gx, gy), nan=np.inf)
+
+
+def pose_areas(poses: np.ndarray) -> np.ndarray:
+    """(N,) area of the bounding box of each pose's present parts (N, K, 2): COCO's object
+    scale, at least ``MIN_AREA``."""
+    box = _boxes(poses)
+    area = np.nan_to_num((box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1]), nan=0.0)
+    return np.maximum(area, MIN_AREA)
 
 
 class OneEuro:
@@ -158,8 +185,11 @@ class Tracker:
         dets = np.array([np.asarray(k, np.float64)[:, :2] for k in keypoints]).reshape(
             len(keypoints), len(self.sigmas), 2
         )
-        # a track that missed more than max_age frames is gone before it can match again
-        self.tracks = [t for t in self.tracks if frame - t.frame <= self.max_age]
+        # a track that missed more than max_age frames is gone before it can match again; one
+        # seen in a single frame only (often a false skeleton) must match in the next frame
+        self.tracks = [
+            t for t in self.tracks if frame - t.frame <= (self.max_age if t.hits > 1 else 1)
+        ]
         ids = [0] * len(dets)
         free = self._match(dets, frame, ids, predicted=True)
         self._match(dets, frame, ids, predicted=False, only=free)
@@ -186,29 +216,38 @@ class Tracker:
         if not free or not tracks:
             return free
         poses = np.stack([t.predict(frame) if predicted else t.seen for t in tracks])
-        areas = np.array([pose_area(p) for p in poses])
+        areas = pose_areas(poses)
         oks = oks_matrix(poses, dets[free], self.sigmas, areas)
         rows, cols = linear_sum_assignment(-oks)
-        matched = set()
+        keep = oks[rows, cols] >= self.min_oks
+        rows, cols = rows[keep], cols[keep]
+        self._update([tracks[r] for r in rows], dets[[free[c] for c in cols]], frame)
         for r, c in zip(rows, cols, strict=True):
-            if oks[r, c] >= self.min_oks:
-                self._update(tracks[r], dets[free[c]], frame)
-                ids[free[c]] = tracks[r].id
-                matched.add(free[c])
+            ids[free[c]] = tracks[r].id
+        matched = {free[c] for c in cols}
         return [j for j in free if j not in matched]
 
-    def _update(self, track: Track, det: np.ndarray, frame: int) -> None:
-        gap = frame - track.frame
-        ok = np.isfinite(det).all(1) & np.isfinite(track.seen).all(1)
-        if ok.any():  # median displacement of the parts seen both times: the object's motion
-            step = np.median(det[ok] - track.seen[ok], axis=0) / gap
-            track.velocity = self.momentum * track.velocity + (1 - self.momentum) * step
+    def _update(self, tracks: list[Track], dets: np.ndarray, frame: int) -> None:
+        """Move matched tracks to their detections (P, K, 2), all at once."""
+        if not tracks:
+            return
+        gap = np.array([frame - t.frame for t in tracks], np.float64)[:, None]  # (P, 1)
+        seen = np.stack([t.seen for t in tracks])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # no part seen both times: NaN
+            # median displacement of the parts seen both times: the object's motion
+            step = np.nanmedian(dets - seen, axis=1) / gap  # (P, 2)
+        old = np.stack([t.velocity for t in tracks])
+        velocity = np.where(
+            np.isfinite(step), self.momentum * old + (1 - self.momentum) * step, old
+        )
         # parts not seen now move on with the object, so they stay useful for matching
-        moved = track.xy + track.velocity * gap
-        here = np.isfinite(det).all(1)
-        track.xy = np.where(here[:, None], det, moved)
-        track.seen = det.copy()
-        track.frame, track.hits = frame, track.hits + 1
+        moved = np.stack([t.xy for t in tracks]) + velocity[:, None] * gap[:, :, None]
+        here = np.isfinite(dets).all(-1, keepdims=True)
+        xy = np.where(here, dets, moved)
+        for i, t in enumerate(tracks):
+            t.velocity, t.xy, t.seen = velocity[i], xy[i], dets[i].copy()
+            t.frame, t.hits = frame, t.hits + 1
 
     def _start(self, det: np.ndarray, frame: int) -> Track:
         smoother = OneEuro(**self.filter_args) if self.smooth else None

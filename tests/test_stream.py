@@ -125,8 +125,8 @@ def test_read_ahead_drops_old_frames_of_a_live_source():
         got.append(frame.index)
         time.sleep(0.01)  # a consumer slower than the reader
     reader.close()
-    assert reader.dropped > 0 and got[-1] == 59  # the newest frame always arrives
-    assert len(got) + reader.dropped == 60
+    assert source.dropped > 0 and got[-1] == 59  # the newest frame always arrives
+    assert len(got) + source.dropped == 60
     assert got == sorted(got)
 
 

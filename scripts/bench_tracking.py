@@ -1,0 +1,122 @@
+"""python scripts/bench_tracking.py [--clips 6] [--frames 300] [--objects 4]
+
+Tracking on synthetic walks (``datasets.synthetic_video``): stick people walk across a 640x360
+picture at different speeds and heights, cross and hide each other, leave the picture and come
+back, and a decoder-like detector reports them with keypoint noise, missing parts, whole misses
+and false skeletons. For each setting the script prints
+
+* ID switches per 100 frames per object while an object is followed (it reappears within
+  ``max_age`` frames: crossings, occlusions, misses; goal <= 1), and separately the new ids given
+  to objects that came back after more than ``max_age`` frames away (out of the picture: no
+  appearance model can be asked of a keypoint tracker);
+* the tracker's CPU time per frame, and the decoder's on the same scenes (the ground-truth maps of
+  the walks at 256x448 input, stride 4, decoded by the default decoder), with their ratio
+  (goal <= 5%).
+
+Times are thread CPU time on one core. A switch is counted when an object's detection gets
+another id than the object's previous detection did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from datasets.synthetic_video import detections, simulate_walks  # noqa: E402
+from datasets.targets import TargetConfig, render_targets  # noqa: E402
+from datasets.topology import Topology  # noqa: E402
+from inference.decoder import build_decoder  # noqa: E402
+from inference.track import Tracker, topology_sigmas  # noqa: E402
+
+SIZE = (360, 640)
+INPUT = (256, 448)  # network input of the decoder timing (squash: 0.71 x 0.70)
+
+
+def track_clip(walks, dets, **tracker_args) -> dict[str, float]:
+    """Switch counts and tracker CPU seconds of one clip."""
+    sigmas = topology_sigmas(Topology.named("coco18"))
+    tracker = Tracker(sigmas, **tracker_args)
+    max_age = tracker.max_age
+    last, seen_at = {}, {}
+    out = {"switches": 0, "reentries": 0, "object_frames": 0, "seconds": 0.0}
+    for t, frame in enumerate(dets):
+        start = time.thread_time()
+        ids = tracker.update([d for _, d in frame], frame=t)
+        out["seconds"] += time.thread_time() - start
+        for (g, _), tid in zip(frame, ids, strict=True):
+            if g < 0:
+                continue  # a false skeleton
+            out["object_frames"] += 1
+            if g in last and last[g] != tid:
+                out["switches" if t - seen_at[g] <= max_age else "reentries"] += 1
+            last[g], seen_at[g] = tid, t
+    return out
+
+
+def decoder_seconds(walks, frames: int) -> float:
+    """Decoder CPU seconds per frame on the ground-truth maps of the walks' first frames."""
+    topo = Topology.named("coco18")
+    decoder = build_decoder({}, topo)
+    scale = np.array([INPUT[1] / SIZE[1], INPUT[0] / SIZE[0]])
+    map_size = (INPUT[0] // 4, INPUT[1] // 4)
+    total = 0.0
+    for kps in walks.keypoints[:frames]:
+        kp = np.concatenate([kps * scale, np.full((*kps.shape[:2], 1), 2.0)], -1)
+        heat, paf = render_targets(kp, topo, map_size, TargetConfig())
+        start = time.thread_time()
+        decoder(heat, paf, output_scale=list(SIZE))
+        total += time.thread_time() - start
+    return total / frames
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--clips", type=int, default=6)
+    ap.add_argument("--frames", type=int, default=300)
+    ap.add_argument("--objects", type=int, default=4)
+    ap.add_argument("--decoder-frames", type=int, default=60)
+    args = ap.parse_args()
+    settings = [
+        ("tracker (max_age 30)", {"objects": args.objects}, {}),
+        ("  no motion model", {"objects": args.objects}, {"velocity_momentum": 1.0}),
+        ("tracker, 2x noise, 6 objects", {"objects": 6, "noise": 0.04, "false_rate": 0.2}, {}),
+        ("tracker, max_age 150", {"objects": args.objects}, {"max_age": 150}),
+    ]
+    print(
+        f"{args.clips} clips x {args.frames} frames, {SIZE[1]}x{SIZE[0]}; switches per 100 frames "
+        "per object"
+    )
+    print(
+        f"{'setting':30s} {'followed':>9s} {'came back':>10s} {'all':>6s} "
+        f"{'track ms/frame':>15s} {'decode ms/frame':>16s} {'ratio':>6s}"
+    )
+    for name, sim, trk in settings:
+        totals = {"switches": 0, "reentries": 0, "object_frames": 0, "seconds": 0.0}
+        dec = []
+        for clip in range(args.clips):
+            walks = simulate_walks(sim["objects"], args.frames, SIZE, seed=clip)
+            noise = {k: v for k, v in sim.items() if k != "objects"}
+            got = track_clip(walks, detections(walks, seed=clip, **noise), **trk)
+            for k in totals:
+                totals[k] += got[k]
+            if clip < 2:
+                dec.append(decoder_seconds(walks, args.decoder_frames))
+        per = 100 / max(totals["object_frames"], 1)
+        track_ms = 1e3 * totals["seconds"] / (args.clips * args.frames)
+        dec_ms = 1e3 * float(np.mean(dec))
+        print(
+            f"{name:30s} {totals['switches'] * per:9.2f} {totals['reentries'] * per:10.2f} "
+            f"{(totals['switches'] + totals['reentries']) * per:6.2f} {track_ms:15.2f} "
+            f"{dec_ms:16.2f} {track_ms / dec_ms:6.1%}"
+        )
+
+
+if __name__ == "__main__":
+    main()
