@@ -23,7 +23,6 @@ written back into the arrays given to ``update``, so drawing and JSON show them.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -77,9 +76,8 @@ def oks_matrix(
 
 def _boxes(poses: np.ndarray) -> np.ndarray:
     """(N, 4) x0, y0, x1, y1 of each pose's present parts (NaN box for a pose with none)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN poses give NaN boxes
-        return np.concatenate([np.nanmin(poses, axis=1), np.nanmax(poses, axis=1)], axis=1)
+    # fmin / fmax skip NaN (missing parts) without nanmin's warning on an all-NaN pose
+    return np.concatenate([np.fmin.reduce(poses, axis=1), np.fmax.reduce(poses, axis=1)], axis=1)
 
 
 def _box_gap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -233,10 +231,13 @@ class Tracker:
             return
         gap = np.array([frame - t.frame for t in tracks], np.float64)[:, None]  # (P, 1)
         seen = np.stack([t.seen for t in tracks])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # no part seen both times: NaN
-            # median displacement of the parts seen both times: the object's motion
-            step = np.nanmedian(dets - seen, axis=1) / gap  # (P, 2)
+        # mean displacement of the parts seen both times: the object's motion (a median would
+        # resist a swinging arm better, at several times the cost; the momentum below smooths)
+        diff = dets - seen  # (P, K, 2)
+        both = np.isfinite(diff).all(-1, keepdims=True)
+        count = both.sum(1)  # (P, 1)
+        step = np.where(both, diff, 0.0).sum(1) / np.maximum(count, 1) / gap  # (P, 2)
+        step[count[:, 0] == 0] = np.nan  # nothing seen twice: keep the old velocity
         old = np.stack([t.velocity for t in tracks])
         velocity = np.where(
             np.isfinite(step), self.momentum * old + (1 - self.momentum) * step, old

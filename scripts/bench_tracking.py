@@ -1,4 +1,4 @@
-"""python scripts/bench_tracking.py [--clips 6] [--frames 300] [--objects 4]
+"""python scripts/bench_tracking.py [--clips 6] [--frames 300] [--objects 4] [--model runs/smoke/last.onnx]
 
 Tracking on synthetic walks (``datasets.synthetic_video``): stick people walk across a 640x360
 picture at different speeds and heights, cross and hide each other, leave the picture and come
@@ -10,8 +10,9 @@ and false skeletons. For each setting the script prints
   to objects that came back after more than ``max_age`` frames away (out of the picture: no
   appearance model can be asked of a keypoint tracker);
 * the tracker's CPU time per frame, and the decoder's on the same scenes (the ground-truth maps of
-  the walks at 256x448 input, stride 4, decoded by the default decoder), with their ratio
-  (goal <= 5%).
+  the walks at 256x448 input, stride 4, decoded by the default decoder: its best case, clean
+  maps with few peaks), with their ratio (goal <= 5%); with ``--model``, also the decoder's time
+  on that model's maps of the rendered walks (what the frame loop decodes).
 
 Times are thread CPU time on one core. A switch is counted when an object's detection gets
 another id than the object's previous detection did.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,10 +31,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from datasets.synthetic_video import detections, simulate_walks  # noqa: E402
+from datasets.synthetic_video import detections, render_video, simulate_walks  # noqa: E402
 from datasets.targets import TargetConfig, render_targets  # noqa: E402
 from datasets.topology import Topology  # noqa: E402
 from inference.decoder import build_decoder  # noqa: E402
+from inference.runtime import load_runtime  # noqa: E402
+from inference.stream import open_source  # noqa: E402
 from inference.track import Tracker, topology_sigmas  # noqa: E402
 
 SIZE = (360, 640)
@@ -76,12 +80,29 @@ def decoder_seconds(walks, frames: int) -> float:
     return total / frames
 
 
+def model_decoder_seconds(model: str, walks, frames: int) -> float:
+    """Decoder CPU seconds per frame on a model's maps of the rendered walks."""
+    runtime = load_runtime(model)
+    decoder = runtime.make_decoder(output_scale=list(runtime.info.input_size))
+    total = 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        video = render_video(Path(tmp) / "walks.mp4", walks)
+        for frame in open_source(str(video), max_frames=frames).frames():
+            x, _ = runtime.preprocess(frame.image)
+            maps = runtime(x[None])  # (1, C, h, w) each
+            start = time.thread_time()
+            decoder(maps["heatmap"][0], maps["part_affinity_fields"][0], maps["maxpool_heatmap"][0])
+            total += time.thread_time() - start
+    return total / frames
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--clips", type=int, default=6)
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--objects", type=int, default=4)
     ap.add_argument("--decoder-frames", type=int, default=60)
+    ap.add_argument("--model", default=None, help="also time the decoder on this model's maps")
     args = ap.parse_args()
     settings = [
         ("tracker (max_age 30)", {"objects": args.objects}, {}),
@@ -97,6 +118,7 @@ def main() -> None:
         f"{'setting':30s} {'followed':>9s} {'came back':>10s} {'all':>6s} "
         f"{'track ms/frame':>15s} {'decode ms/frame':>16s} {'ratio':>6s}"
     )
+    track_times = []
     for name, sim, trk in settings:
         totals = {"switches": 0, "reentries": 0, "object_frames": 0, "seconds": 0.0}
         dec = []
@@ -115,6 +137,14 @@ def main() -> None:
             f"{name:30s} {totals['switches'] * per:9.2f} {totals['reentries'] * per:10.2f} "
             f"{(totals['switches'] + totals['reentries']) * per:6.2f} {track_ms:15.2f} "
             f"{dec_ms:16.2f} {track_ms / dec_ms:6.1%}"
+        )
+        track_times.append(track_ms)
+    if args.model:
+        walks = simulate_walks(args.objects, args.decoder_frames, SIZE, seed=0)
+        dec_ms = 1e3 * model_decoder_seconds(args.model, walks, args.decoder_frames)
+        print(
+            f"decoder on {Path(args.model).name}'s maps of the rendered walks: {dec_ms:.2f} ms/frame;"
+            f" tracker (first row) / decoder = {track_times[0] / dec_ms:.1%}"
         )
 
 
