@@ -11,6 +11,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from datasets.errors import UsageError
 from models.build import build_from_checkpoint
 from models.checkpoint import load_checkpoint
 from tests._train_data import TinyPoseSet
@@ -68,7 +69,7 @@ def test_amp_resolution():
     cpu = torch.device("cpu")
     assert resolve_amp("auto", cpu) is None and resolve_amp("off", cpu) is None
     assert resolve_amp("bf16", cpu) is torch.bfloat16
-    with pytest.raises(ValueError, match="fp16 needs CUDA"):
+    with pytest.raises(UsageError, match="fp16 needs CUDA"):
         resolve_amp("fp16", cpu)
 
 

@@ -28,6 +28,7 @@ from torch import nn
 
 from datasets.files import atomic_path
 from models.checkpoint import FORMAT_VERSION
+from train.guards import load_weights
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -71,10 +72,11 @@ def restore_training_state(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     scaler: torch.amp.GradScaler,
+    path: str | Path = "the checkpoint",
 ) -> tuple[int, int]:
     """Load a checkpoint's states into the (unwrapped) model, optimizer, scheduler and scaler;
     returns ``(first epoch to run, optimizer steps done)``."""
-    model.load_state_dict(ckpt["model"])
+    load_weights(model, ckpt["model"], path)
     for obj, key in ((optimizer, "optimizer"), (scheduler, "scheduler"), (scaler, "scaler")):
         if ckpt.get(key):
             obj.load_state_dict(ckpt[key])

@@ -4,6 +4,11 @@
 ``MASTER_ADDR``/``MASTER_PORT``); multi-node runs add ``--nnodes``, ``--node_rank`` or a rendezvous
 (``--rdzv_backend=c10d --rdzv_endpoint=HOST:PORT``). Without those variables everything here is
 a no-op for a single process. NCCL on CUDA, gloo on CPU.
+
+Faults: joining the group and every collective wait at most ``timeout_s`` (``ddp_timeout_s``,
+10 minutes by default; torch's own is 30) for the other ranks, so a dead or hung rank ends the
+run instead of holding the others; and each rank watches its torchrun agent (its parent
+process): when the agent dies, the rank exits rather than train on unsupervised.
 """
 
 from __future__ import annotations
@@ -11,6 +16,9 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import sys
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,8 +61,9 @@ def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     return dev
 
 
-def init_distributed(device: str = "auto", timeout_minutes: float = 30) -> DistInfo:
-    """Join the torchrun process group when ``WORLD_SIZE`` > 1; returns this process's DistInfo."""
+def init_distributed(device: str = "auto", timeout_s: float = 600) -> DistInfo:
+    """Join the torchrun process group when ``WORLD_SIZE`` > 1 (collectives time out after
+    ``timeout_s``) and watch the torchrun agent; returns this process's DistInfo."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -65,11 +74,36 @@ def init_distributed(device: str = "auto", timeout_minutes: float = 30) -> DistI
         backend = "nccl" if dev.type == "cuda" else "gloo"
         dist.init_process_group(
             backend=backend,
-            timeout=datetime.timedelta(minutes=timeout_minutes),
+            timeout=datetime.timedelta(seconds=timeout_s),
             device_id=dev if dev.type == "cuda" else None,
         )
         log.info("joined process group: backend=%s world_size=%d", backend, world)
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # started by torchrun's agent, our parent
+        watch_parent()
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev)
+
+
+def watch_parent(interval_s: float = 2.0) -> threading.Thread:
+    """A daemon thread that ends this process (exit code 1) when its parent, the torchrun agent,
+    is gone: the process is then re-parented, so ``os.getppid()`` changes. ``os._exit``, because
+    the main thread may be blocked in a collective; checkpoints are atomic, so this loses at most
+    the epoch in progress."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        print(
+            f"error: rank {os.environ.get('RANK', '?')}: the torchrun agent (pid {parent}) is "
+            "gone; exiting (rerun the same command to resume from last.pth)",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="watch-torchrun-agent", daemon=True)
+    thread.start()
+    return thread
 
 
 def cleanup() -> None:

@@ -35,7 +35,8 @@ from datasets import coco, synthetic
 from datasets.auto_topology import stored_config
 from datasets.cocofile import load_keypoint_file
 from datasets.config import as_plain
-from datasets.files import atomic_write_text, resolve_path
+from datasets.errors import UsageError, UserError
+from datasets.files import atomic_write_text, resolve_path, where_checkpoints_are
 from datasets.geometry import invert
 from datasets.targets import TargetConfig, render_targets_torch
 from datasets.topology import Topology
@@ -51,6 +52,7 @@ from train.checkpoint import (
     training_state,
     unwrap_model,
 )
+from train.guards import RunLock, check_resume, merge_summary, read_summary, validate_config
 from train.setup import seed_everything, setup_process
 from train.visual import prediction_panel
 
@@ -103,9 +105,9 @@ def resolve_amp(amp: Any, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16
     if amp == "fp16":
         if device.type != "cuda":
-            raise ValueError("amp=fp16 needs CUDA; use amp=bf16 or amp=off on CPU")
+            raise UsageError("amp=fp16 needs CUDA; use amp=bf16 or amp=off on CPU")
         return torch.float16
-    raise ValueError(f"amp must be auto, off, bf16 or fp16; got {amp!r}")
+    raise UsageError(f"amp={amp}: give auto, off, bf16 or fp16")
 
 
 def build_optimizer(
@@ -303,9 +305,10 @@ def _epoch_batches(loader: DataLoader, cfg: Mapping[str, Any], epoch: int, world
     n_batches = len(loader) if not limit else min(len(loader), int(limit) * accum)
     n_batches -= n_batches % accum
     if n_batches == 0:
-        raise ValueError(
+        raise UserError(
             f"no full batch in epoch {epoch}: {len(loader.dataset)} samples, batch_size "
-            f"{loader.batch_size} x grad_accum {accum} x world {world}"
+            f"{loader.batch_size} x grad_accum {accum} x world {world}: lower data.batch_size "
+            "or grad_accum"
         )
     return n_batches
 
@@ -504,7 +507,7 @@ def resolve_resume(resume: Any, out_dir: Path) -> Path | None:
     last = out_dir / "last.pth"
     if resume in (None, False, "null", "none", ""):
         if last.exists():
-            raise FileExistsError(
+            raise RunExists(
                 f"{out_dir} already holds a run ({last.name}); continue it with resume=auto, or "
                 "pick a new out_dir=... / name=..."
             )
@@ -513,8 +516,27 @@ def resolve_resume(resume: Any, out_dir: Path) -> Path | None:
         return last if last.exists() else None
     path = Path(str(resume)).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"resume={resume}: no such checkpoint")
+        raise UserError(f"resume={resume}: no such checkpoint: {where_checkpoints_are(path)}")
     return path
+
+
+class RunExists(UserError, FileExistsError):
+    """``resume=null`` on an out_dir that already holds a run."""
+
+
+def lock_run_dir(out: Path, dist: du.DistInfo) -> RunLock | None:
+    """Rank 0 locks ``out`` (``train.guards.RunLock``) for the whole run; every rank learns
+    whether it could, so a refused launch stops on all ranks with the same one line."""
+    lock, refusal = None, None
+    if dist.is_main:
+        try:
+            lock = RunLock(out).acquire()
+        except UserError as e:
+            refusal = str(e)
+    refusal = du.broadcast_object(refusal)
+    if refusal is not None:
+        raise UserError(refusal)
+    return lock
 
 
 def run_dir(cfg: Mapping[str, Any], out_dir: str | Path | None) -> Path:
@@ -532,15 +554,14 @@ def resume_point(resume: Any, out: Path, dist: du.DistInfo) -> Path | None:
         try:
             found = resolve_resume(resume, out)
             decision = ("ok", str(found) if found else None)
-        except (FileExistsError, FileNotFoundError) as e:
+        except UserError as e:
             decision = (type(e).__name__, str(e))
     decision = du.broadcast_object(decision)
     if decision[0] != "ok":
-        error = {"FileExistsError": FileExistsError, "FileNotFoundError": FileNotFoundError}
-        raise error[decision[0]](decision[1])
+        raise (RunExists if decision[0] == "RunExists" else UserError)(decision[1])
     path = Path(decision[1]) if decision[1] else None
     if path is not None and not path.is_file():
-        raise FileNotFoundError(
+        raise UserError(
             f"rank {dist.rank} cannot see {path}, which rank 0 resumes from: out_dir must be on "
             "storage that every node mounts at the same path"
         )
@@ -608,15 +629,20 @@ def run(
     (tests and benchmarks); batches are dicts as ``datasets.coco.collate`` makes them.
     """
     cfg = as_plain(cfg)
-    dist = du.init_distributed(str(cfg["device"]))
+    dist = du.init_distributed(str(cfg["device"]), float(cfg.get("ddp_timeout_s") or 600))
+    lock = None
     try:
-        summary = train(cfg, dist, run_dir(cfg, out_dir), train_set, val_set, collate_fn)
+        out = run_dir(cfg, out_dir)
+        lock = lock_run_dir(out, dist)
+        summary = train(cfg, dist, out, train_set, val_set, collate_fn)
         # ranks leave together: a rank that tears down its gloo connections while rank 0 is
         # still writing the summary can abort rank 0's teardown ("terminate called without an
         # active exception", seen once in CI); after an error there is no barrier (it could hang)
         du.barrier()
         return summary
     finally:
+        if lock is not None:
+            lock.release()
         du.cleanup()
 
 
@@ -628,6 +654,7 @@ def train(cfg, dist, out, train_set=None, val_set=None, collate_fn=None) -> dict
     # checkpoints carry, so export and inference never derive it again
     cfg["topology"] = stored_config(topology, cfg["topology"])
     targets = TargetConfig.from_config(cfg.get("targets"))
+    validate_config(cfg, targets.stride)
     resume_path = resume_point(cfg["resume"], out, dist)
     if train_set is None:
         train_set, val_set = build_datasets(cfg, topology, dist)
@@ -641,7 +668,10 @@ def train(cfg, dist, out, train_set=None, val_set=None, collate_fn=None) -> dict
     start_epoch, step = 0, 0
     if resume_path is not None:
         ckpt = load_checkpoint(resume_path, map_location=dist.device)
-        start_epoch, step = restore_training_state(ckpt, model, optimizer, scheduler, scaler)
+        check_resume(ckpt["config"], cfg, resume_path)
+        start_epoch, step = restore_training_state(
+            ckpt, model, optimizer, scheduler, scaler, resume_path
+        )
         log.info("resumed from %s: epoch %d done, step %d", resume_path, start_epoch - 1, step)
     wrapped = wrap_model(model, cfg, dist)
     writer = open_run_dir(out, cfg, step) if dist.is_main else None
@@ -656,6 +686,7 @@ def train(cfg, dist, out, train_set=None, val_set=None, collate_fn=None) -> dict
         *(cfg["epochs"] - 1, amp_dtype, out),
     )
     summary: dict[str, Any] = {"out_dir": str(out), "world_size": dist.world_size, "epochs": []}
+    summary["resumed_from"] = {"epoch": start_epoch, "step": step}
     t_start = time.perf_counter()
     for epoch in range(start_epoch, cfg["epochs"]):
         train_loader.sampler.set_epoch(epoch)
@@ -719,7 +750,12 @@ def _finish(summary: dict[str, Any], model: nn.Module, ctx: Context, out: Path) 
     if ctx.writer is not None:
         ctx.writer.close()
     if ctx.dist.is_main:
-        atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
+        # the file keeps earlier invocations' epochs and log rows; the return value is this one's
+        start = summary["resumed_from"]
+        merged = merge_summary(
+            read_summary(out / "summary.json"), summary, start["epoch"], start["step"]
+        )
+        atomic_write_text(out / "summary.json", json.dumps(merged, indent=1))
     return summary
 
 
