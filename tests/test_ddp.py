@@ -96,7 +96,15 @@ def test_ddp_matches_single_process_over_the_same_global_batches(runs):
 def test_only_rank0_writes_the_run_dir(runs):
     ddp, _ = runs
     names = sorted(p.name for p in ddp.iterdir())
-    assert names == ["config.yaml", "epoch_1.pth", "hydra", "last.pth", "summary.json", "tb"]
+    assert names == [
+        ".lock",
+        "config.yaml",
+        "epoch_1.pth",
+        "hydra",
+        "last.pth",
+        "summary.json",
+        "tb",
+    ]
     assert load_checkpoint(ddp / "last.pth")["meta"]["world_size"] == 2
     # one TensorBoard event file: rank 1 opened no writer
     assert len(list((ddp / "tb").glob("events.*"))) == 1
