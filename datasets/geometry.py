@@ -13,6 +13,7 @@ Aspect policies for fitting an image of size (h, w) into the network input (H, W
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 ASPECT_POLICIES = ("squash", "letterbox")
@@ -89,8 +90,6 @@ def warp_image(image: np.ndarray, m: np.ndarray, size_hw: tuple[int, int]) -> np
     Bilinear, zero border: the one warp training and inference both use, so the network sees the
     same pixels in both.
     """
-    import cv2
-
     h, w = size_hw
     return cv2.warpAffine(
         image,

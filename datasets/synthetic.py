@@ -35,6 +35,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from datasets.files import resolve_path
@@ -242,8 +243,6 @@ def render_image(
     topology: Topology, size_hw: tuple[int, int], rng: np.random.Generator, settings: Mapping
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """One BGR image and its annotations (without ids)."""
-    from pycocotools import mask as mask_utils
-
     h, w = size_hw
     person = list(topology.labels) == _coco18_labels()
     img = _background(h, w, rng)

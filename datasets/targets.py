@@ -40,7 +40,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
+from pycocotools import mask as mask_utils
 
 from datasets.topology import Topology
 
@@ -111,11 +113,6 @@ def _coords(kp: np.ndarray, map_size: tuple[int, int], cfg: TargetConfig):
     inside = (xy >= 0) & (xy < limits)
     present = inside[0] & inside[1] & (xyv[2] >= cfg.min_visibility)
     return xy / np.float32(cfg.stride) - np.float32(0.5), present
-
-
-def _present(kp: np.ndarray, map_size: tuple[int, int], cfg: TargetConfig) -> np.ndarray:
-    """(N, K) bool: keypoint labelled (v >= min_visibility) and inside the map's image."""
-    return _coords(kp, map_size, cfg)[1]
 
 
 def render_heatmaps(
@@ -303,7 +300,7 @@ def render_targets_torch(
     Returns heatmaps (B, K, H, W) and PAFs (B, 2E, H, W), float32, equal to ``render_targets``
     per sample. Dense over the map, one object slot at a time, so memory is O(B * E * H * W).
     """
-    import torch
+    import torch  # the torch renderer only: the numpy path (loaders, eval's oracle) stays torch-free
 
     if keypoints.dim() != 4 or keypoints.shape[2:] != (topology.num_parts, 3):
         raise ValueError(
@@ -376,7 +373,7 @@ def render_targets_torch(
 
 def pad_keypoints(samples: Sequence[Any], num_parts: int, min_objects: int = 1):
     """Stack per-sample (N_i, K, 3) keypoints into a (B, max N_i, K, 3) float tensor padded with v=0."""
-    import torch
+    import torch  # see render_targets_torch: the numpy path stays torch-free
 
     arrays = [
         _as_keypoints(s if not hasattr(s, "numpy") else s.numpy(), num_parts) for s in samples
@@ -398,8 +395,6 @@ def ignore_mask(annotations: Iterable[Mapping[str, Any]], height: int, width: in
     Segmentations may be polygons, RLE or uncompressed RLE; an annotation without a
     segmentation falls back to its bbox.
     """
-    from pycocotools import mask as mask_utils
-
     out = np.zeros((height, width), np.uint8)
     for ann in annotations:
         crowd = bool(ann.get("iscrowd", 0))
@@ -435,8 +430,6 @@ def mask_to_weights(mask: np.ndarray, map_size: tuple[int, int]) -> np.ndarray:
     The weight of a map pixel is the fraction of its input pixels that are not ignored
     (area average), so a map pixel half covered by a crowd counts half.
     """
-    import cv2
-
     h, w = map_size
     keep = 1.0 - mask.astype(np.float32)
     if keep.shape == (h, w):

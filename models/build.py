@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from hydra.utils import get_object
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from datasets.config import as_plain
 from datasets.topology import Topology, topology_from_config
@@ -69,50 +70,16 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def count_macs(model: nn.Module, input_size: tuple[int, int]) -> int:
-    """Multiply-accumulates of one forward pass on a (1, 3, H, W) input (convs and linears)."""
-    total = 0
+    """Multiply-accumulates of one eval-mode forward pass on a (1, 3, H, W) input.
 
-    def conv_hook(m: nn.Module, inp: tuple, out: torch.Tensor) -> None:
-        nonlocal total
-        if isinstance(m, nn.ConvTranspose2d):
-            # each input pixel scatters a k x k x Cout/groups patch
-            spatial = inp[0].shape[2] * inp[0].shape[3]
-            total += (
-                spatial
-                * m.in_channels
-                * m.out_channels
-                // m.groups
-                * m.kernel_size[0]
-                * m.kernel_size[1]
-            )
-        else:
-            spatial = out.shape[2] * out.shape[3]
-            total += (
-                spatial
-                * m.out_channels
-                * m.in_channels
-                // m.groups
-                * m.kernel_size[0]
-                * m.kernel_size[1]
-            )
-
-    def linear_hook(m: nn.Module, inp: tuple, out: torch.Tensor) -> None:
-        nonlocal total
-        total += m.in_features * m.out_features
-
-    hooks = []
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            hooks.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear):
-            hooks.append(m.register_forward_hook(linear_hook))
+    torch's ``FlopCounterMode`` counts 2 FLOPs per multiply-accumulate of the convolutions
+    (transposed ones included) and matrix products.
+    """
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(torch.zeros(1, 3, *input_size))
     finally:
-        for h in hooks:
-            h.remove()
         model.train(was_training)
-    return total
+    return counter.get_total_flops() // 2

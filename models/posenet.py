@@ -24,9 +24,8 @@ import torch
 from torch import nn
 
 from models.backbones import build_trunk
+from models.contract import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 TRUNK_STRIDE = 32
 
 

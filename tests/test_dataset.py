@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from datasets import coco as coco_mod
 from datasets.augment import AugmentConfig, color_matrix, sample_affine
 from datasets.coco import CocoKeypoints, build_dataset, collate
 from datasets.errors import UserError
@@ -475,8 +474,22 @@ def test_targets_on_device_match_worker_targets(coco_mini):
     torch.testing.assert_close(paf, batch["paf"], atol=1e-4, rtol=0)
 
 
-def test_module_docstring_says_no_normalisation():
-    assert "Not mean/std normalised" in coco_mod.__doc__
+def test_images_are_rgb_in_0_1_not_normalised(tmp_path):
+    """The network normalises inside its graph (ONNX input: RGB in [0, 1]), so the dataset must
+    not: a flat (R, G, B) = (200, 100, 50) picture fitted without augmentation comes out as
+    those values / 255 in RGB order (ImageNet normalisation would give about 1.3, 0.0, -1.2)."""
+    from tests._train_data import write_coco_set
+
+    root = write_coco_set(tmp_path / "coco", n_train=2, n_val=1, hw=(64, 96))
+    for path in (root / "train2017").glob("*.jpg"):
+        cv2.imwrite(str(path), np.full((64, 96, 3), (50, 100, 200), np.uint8))  # BGR on disk
+    ann = root / "annotations" / "person_keypoints_train2017_modified.json"
+    ds = CocoKeypoints(ann, root / "train2017", Topology.named("coco18"), input_size=(64, 96))
+    image = ds[0]["image"]  # (3, H, W)
+    assert image.shape == (3, 64, 96) and image.dtype == torch.float32
+    centre = image[:, 8:-8, 8:-8].reshape(3, -1)
+    want = torch.tensor([200.0, 100.0, 50.0])[:, None] / 255
+    torch.testing.assert_close(centre, want.expand_as(centre), atol=2 / 255, rtol=0)
 
 
 def _tiny_set(tmp_path: Path, n: int = 4) -> tuple[Path, Path]:
