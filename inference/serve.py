@@ -377,7 +377,7 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     source = open_source(cfg["input"], loop=bool(cfg.get("loop")), max_frames=cfg.get("max_frames"))
     runtime = load_runtime(model_path, device=str(cfg.get("device", "cpu")))
     tracker = make_tracker(cfg, source, runtime.info.topology)
-    pipeline = Pipeline(runtime, cfg.get("decoder"), tracker, keep_maps=True)
+    pipeline = Pipeline(runtime, cfg.get("decoder_overrides"), tracker, keep_maps=True)
     stats = asyncio.run(serve(cfg, source, pipeline, model_path))
     ms = stats["ms_per_frame"]
     print(
