@@ -45,8 +45,7 @@ from datasets.topology import (
 
 log = logging.getLogger("datasets.topology")
 
-# keys of a topology config node that steer resolution and are not part of the topology itself
-RESOLVE_KEYS = ("connect", "keypoint_map", "default_sigma")
+SHIPPED = ("auto", "coco18")  # conf/topology files of the toolkit itself
 
 
 def is_auto(topology_cfg: Mapping[str, Any] | None) -> bool:
@@ -205,7 +204,10 @@ def stored_config(topology: Topology, topology_cfg: Mapping[str, Any] | None) ->
 
 def write_topology_yaml(topology: Topology, path: str | Path | None = None) -> Path:
     """Write ``conf/topology/<name>.yaml`` (or ``path``): usable as ``topology=<name>``."""
-    path = Path(path) if path else CONF_DIR / f"{safe_name(topology.name)}.yaml"
+    name = safe_name(topology.name)
+    if name in SHIPPED:  # never replace a topology the toolkit ships
+        name += "_derived"
+    path = Path(path) if path else CONF_DIR / f"{name}.yaml"
     text = (
         f"# {topology.name}: derived by python -m datasets.topology; labels, directed edges "
         "[from, to],\n# edges_paf [x_channel, y_channel] per edge, flip_pairs, OKS sigmas\n"

@@ -27,6 +27,7 @@ silent AP 0.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from collections import defaultdict
@@ -40,6 +41,8 @@ import numpy as np
 from datasets.errors import UserError
 from datasets.neck import add_neck, adds_neck
 from datasets.topology import Topology, canonical_name
+
+log = logging.getLogger(__name__)
 
 SHOW_IDS = 20  # ids listed per problem in messages
 
@@ -193,6 +196,14 @@ def load_keypoint_file(
         data = read_json(path)
     cats = select_categories(data, category, path)
     merged = _merged_category(cats, path)
+    if len(cats) > 1:
+        log.info(
+            "%s: %d categories share one keypoint list: one object class %r (category=NAME for "
+            "one of them)",
+            path,
+            len(cats),
+            merged["name"],
+        )
     problems: dict[str, list[Any]] = defaultdict(list)
     images = _valid_images(data["images"], problems)
     ids = {c["id"] for c in cats}

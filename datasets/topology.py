@@ -244,11 +244,15 @@ class Topology:
 
 
 def canonical_name(name: str) -> str:
-    """A keypoint name in COCO's spelling where it is one: ``L_Eye``, ``leftEye``, ``Left Eye``
-    -> ``left_eye`` (lower case, words joined by ``_``, a leading side letter spelt out)."""
+    """A keypoint name in COCO's spelling where it is one: ``L_Eye``, ``leftEye``, ``Left Eye``,
+    ``eye_L`` -> ``left_eye`` (lower case, words joined by ``_``, the side word first and spelt
+    out)."""
     words = [w.lower() for w in _WORD.findall(str(name))]
-    if len(words) > 1 and words[0] in ("l", "r"):
-        words[0] = "left" if words[0] == "l" else "right"
+    side = {"l": "left", "r": "right", "left": "left", "right": "right"}
+    if len(words) > 1 and words[-1] in side and words[0] not in side:
+        words = [words[-1], *words[:-1]]  # eye_L -> left_eye
+    if len(words) > 1 and words[0] in side:
+        words[0] = side[words[0]]
     return "_".join(words)
 
 

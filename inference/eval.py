@@ -101,7 +101,7 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     results_path = write_json(out_dir / "results.json", results)
     n_people = sum(_has_people(gt, i, category) for i in evaluated)
     print(
-        f"{what}: {len(evaluated)} images ({n_people} with people), {len(results)} detections, "
+        f"{what}: {len(evaluated)} images ({n_people} with objects), {len(results)} detections, "
         f"{seconds:.1f} s" + (f"; {len(skipped)} unreadable images skipped" if skipped else "")
     )
     summary = {

@@ -160,3 +160,23 @@ def test_preprocess_shares_the_reader():
         preprocess(data)
     out, summary = preprocess(data, strict=False)
     assert [a["id"] for a in out["annotations"]] == [1] and "skipped 1" in str(summary)
+
+
+def test_no_flip_pairs_no_horizontal_flip(tmp_path):
+    snake = Topology.from_dict(
+        {"name": "snake", "labels": ["head", "tail"], "edges": [[0, 1]], "hflip": False}
+    )
+    data = {
+        "images": [{"id": 1, "file_name": "a.jpg", "height": 60, "width": 80}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "keypoints": [5, 5, 2, 30, 9, 2]}
+        ],
+        "categories": [snake.to_coco_category(1)],
+    }
+    path = tmp_path / "snake.json"
+    path.write_text(json.dumps(data))
+    ds = CocoKeypoints(path, tmp_path, snake, augment={"flip": 0.5})
+    assert ds.augment.flip == 0.0
+    flips = CocoKeypoints(path, tmp_path, Topology.from_dict({**snake.to_dict(), "hflip": True}),
+                          augment={"flip": 0.5})  # fmt: skip
+    assert flips.augment.flip == 0.5

@@ -84,6 +84,16 @@ def test_train_export_predict_eval_a_zebra(tmp_path):
         f"annotations={ann / 'person_keypoints_val.json'}", f"images={data / 'val'}",
         f"output={ev}",
     )  # fmt: skip
+    vis = tmp_path / "vis"
+    val = json.loads((ann / "person_keypoints_val.json").read_text())
+    first = next(a["image_id"] for a in val["annotations"] if a["num_keypoints"] > 0)
+    image = data / "val" / next(i["file_name"] for i in val["images"] if i["id"] == first)
+    _cli(
+        "inference.visualize", "oracle=true", f"image={image}", "topology=auto",
+        "topology.connect=auto", f"annotations={ann / 'person_keypoints_val.json'}",
+        f"images={data / 'val'}", "input_size=[64,64]", f"output={vis}",
+    )  # fmt: skip
+    assert (vis / "grid.png").is_file()
     stats = json.loads((ev / "stats.json").read_text())
     assert stats["topology"] == "zebra" and list(stats["sigmas"]) == list(topo.labels)
     assert stats["num_images"] == 3 and -1.0 <= stats["stats"]["AP"] <= 1.0

@@ -136,3 +136,19 @@ def test_bad_coco_category_names_the_link():
 def test_unknown_named_topology_lists_available():
     with pytest.raises(FileNotFoundError, match="coco18"):
         Topology.named("no_such_topology")
+
+
+def test_side_names_in_any_spelling():
+    from datasets.topology import canonical_name, default_sigmas, pairs_by_name
+
+    names = ["L_Eye", "R_Eye", "forelegL1", "forelegR1", "eye_l", "eye_r", "LeftEar", "RightEar",
+             "rear", "leg", "left_hip", "right_hip", "HipL", "HipR"]  # fmt: skip
+    pairs = {(names[a], names[b]) for a, b in pairs_by_name(names)}
+    assert pairs == {
+        ("L_Eye", "R_Eye"), ("forelegL1", "forelegR1"), ("eye_l", "eye_r"),
+        ("LeftEar", "RightEar"), ("left_hip", "right_hip"), ("HipL", "HipR"),
+    }  # fmt: skip
+    assert {canonical_name(n) for n in ("L_Eye", "eye_L", "leftEye", "Left Eye")} == {"left_eye"}
+    assert canonical_name("rear") == "rear" and canonical_name("forelegL1") == "foreleg_l_1"
+    assert default_sigmas(["R_Knee", "tail"]) == (0.087, 0.0625)
+    assert default_sigmas(["tail"], default=0.1) == (0.1,)
