@@ -86,3 +86,16 @@ def test_pixel_cap_is_checked_before_decoding(tmp_path):
 def test_decode_bgr_from_memory_names_what_it_was_given():
     with pytest.raises(ImageError, match="frame 7 is empty"):
         decode_bgr(np.zeros(0, np.uint8), "frame 7")
+
+
+def test_config_defaults_are_the_decoder_default():
+    """max_pixels in every config that reads images is datasets.images.MAX_PIXELS."""
+    from pathlib import Path
+
+    import yaml
+
+    from datasets.images import MAX_PIXELS
+
+    conf = Path(__file__).resolve().parent.parent / "conf"
+    for name in ("predict.yaml", "eval.yaml", "data/coco.yaml", "data/synthetic.yaml"):
+        assert yaml.safe_load((conf / name).read_text())["max_pixels"] == MAX_PIXELS, name
