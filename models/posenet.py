@@ -127,6 +127,9 @@ def convert_trt_pose_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, 
     trt_pose's model is ``Sequential(Backbone, CmapPafHeadAttention)``: keys ``0.resnet.*`` /
     ``0.densenet.features.*`` and ``1.*``. The classifier (``fc``/``classifier``) is dropped.
     Note that trt_pose normalises outside the network; PoseNet does it inside, so feed [0, 1].
+    The output channels need no reordering: trt_pose's 18 parts and 21 links are coco18's, and its
+    PAF layout (link k: vertical component in channel 2k, horizontal in 2k+1) is coco18's
+    ``edges_paf`` ``[[1, 0], [3, 2], ...]``, as in the Isaac trt_pose app.
     """
     out: dict[str, torch.Tensor] = {}
     for k, v in state.items():
