@@ -31,7 +31,9 @@ LOCK_NAME = ".lock"
 
 # --------------------------------------------------------------------------- config
 def _int(cfg: Mapping[str, Any], key: str, minimum: int, optional: bool = False) -> None:
-    value = cfg.get(key)
+    if key not in cfg:  # a plain-dict config (tests, scripts) without it: the code's default
+        return
+    value = cfg[key]
     if value is None and optional:
         return
     try:
