@@ -69,3 +69,28 @@ def test_through_hydra_one_line(tmp_path):
     assert out.returncode == 1
     assert out.stderr.strip().splitlines()[-1] == "error: bad thing: fix it"
     assert "Traceback" not in out.stderr
+
+
+def test_user_error_from_a_dataloader_worker_prints_its_own_line(capsys):
+    """torch re-raises a worker's exception as the same type with the worker's traceback in the
+    message; the entry point prints only the error's own line."""
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+
+    class Bad(Dataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            raise UserError("images/x.jpg is empty (0 bytes)")
+
+    @user_errors
+    def task(cfg):
+        for _ in DataLoader(Bad(), num_workers=1):
+            pass
+
+    torch.manual_seed(0)
+    with pytest.raises(SystemExit) as exc:
+        task({})
+    assert exc.value.code == 1
+    assert capsys.readouterr().err == "error: images/x.jpg is empty (0 bytes)\n"
