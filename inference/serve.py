@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 import json
 import logging
 import signal
@@ -325,8 +326,10 @@ async def serve(cfg: Mapping[str, Any], source: Source, pipeline: Pipeline, mode
         await web.TCPSite(runner, host, port).start()
     except OSError as e:
         await runner.cleanup()
+        why = "the port is in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
         raise UserError(
-            f"cannot listen on {host}:{port}: {e.strerror or e} (port in use? give port=N)"
+            f"cannot listen on {host}:{port}: {why} (give another port=N, or stop the program "
+            "that holds it)"
         ) from None
     sinks: list[Any] = [hub]
     if cfg.get("save"):

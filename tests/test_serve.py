@@ -164,5 +164,7 @@ def test_port_in_use_is_one_line(model_and_video):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        with pytest.raises(UserError, match=f"cannot listen on 127.0.0.1:{port}.*give port=N"):
+        with pytest.raises(
+            UserError, match=f"cannot listen on 127.0.0.1:{port}: the port is in use .*port=N"
+        ):
             run({"model": str(onnx), "input": str(video), "port": port})
