@@ -55,6 +55,7 @@ from inference.cocoeval import (
 from inference.decoder import OpenPoseDecoder, build_decoder
 from inference.oracle import decode_image, oracle_results
 from inference.runtime import load_runtime
+from inference.tta import TTAConfig, with_tta
 
 log = logging.getLogger("inference.eval")
 
@@ -159,6 +160,8 @@ def _setup(cfg: Mapping[str, Any], model_path: Path | None, kfile: KeypointFile)
     if model_path is None:
         if not cfg.get("oracle"):
             raise UsageError("give model=PATH (.onnx, .engine/.plan or .pth), or oracle=true")
+        if TTAConfig.from_config(cfg.get("tta")).active:
+            raise UsageError("tta.flip / tta.scales need a network: give model=PATH")
         return Setup(
             resolve_topology(cfg["topology"], kfile),
             _size(cfg.get("input_size")),
@@ -169,6 +172,7 @@ def _setup(cfg: Mapping[str, Any], model_path: Path | None, kfile: KeypointFile)
     threads = cfg.get("threads") if model_path.suffix == ".onnx" else None
     kwargs = {"threads": threads} if threads else {}
     runtime = load_runtime(model_path, device=str(cfg.get("device") or "cpu"), **kwargs)
+    runtime = with_tta(runtime, cfg.get("tta"))  # mirror / scales averaged in map space
     info = runtime.info
     targets = TargetConfig.from_config(info.targets or cfg.get("targets"))
     topology, input_hw, aspect = info.topology, tuple(info.input_size), info.aspect

@@ -49,6 +49,7 @@ from inference.stream import (
     open_source,
     run_stream,
 )
+from inference.tta import with_tta
 
 log = logging.getLogger("inference.predict")
 
@@ -80,6 +81,7 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     threads = cfg.get("threads") if model_path.suffix == ".onnx" else None
     kwargs = {"threads": threads} if threads else {}
     runtime = load_runtime(model_path, device=str(cfg.get("device", "cpu")), **kwargs)
+    runtime = with_tta(runtime, cfg.get("tta"))  # mirror / scales averaged in map space
     topology = runtime.info.topology
     pipeline = Pipeline(runtime, cfg.get("decoder_overrides"), make_tracker(cfg, source, topology))
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -173,7 +173,7 @@ def test_nms_on_tiny_maps_matches_a_padded_maxpool(hw, kernel):
     heat = np.round(rng.uniform(0, 1, (2, *hw)), 1).astype(np.float32)  # ties included
     paf = np.zeros((2, *hw), np.float32)
     pooled = _maxpool(heat[None], kernel)[0]
-    dec = OpenPoseDecoder(ARM, maxpool_kernel=kernel, threshold_heatmap=0.05)
+    dec = OpenPoseDecoder(ARM, maxpool_kernel=kernel, threshold_heatmap=0.05, max_peaks_per_part=64)
     own = dec.trace(heat, paf)
     given = dec.trace(heat, paf, pooled)
     hwc = dec.trace(heat.transpose(1, 2, 0), paf.transpose(1, 2, 0), layout="hwc")

@@ -19,19 +19,19 @@ import numpy as np
 from datasets.topology import Topology
 
 DEFAULT_PARAMS: dict[str, Any] = {
-    "threshold_heatmap": 0.05,
+    "threshold_heatmap": 0.2,
     "threshold_edge_score": 0.05,
     "threshold_edge_sampling_counter": 4,
     "edge_sampling_steps": 10,
     "threshold_part_counter": 0,
-    "threshold_object_score": 0.0,
+    "threshold_object_score": 0.02,
     "threshold_split_score": 2.0,
     "threshold_join_fragments": 0.8,
     "refine_parts_coordinates": True,
     "refine_method": "quadratic",
     "output_scale": None,
     "maxpool_kernel": 3,
-    "max_peaks_per_part": 64,
+    "max_peaks_per_part": 32,
     "max_objects": 20,
 }
 REFINE_METHODS = ("quadratic", "centroid")

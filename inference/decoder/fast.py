@@ -76,8 +76,8 @@ def _step12_peaks(heat, mp, use_mp, thr, kernel, cap):
                 n += np.int32(line[c] > t32)
             above[k, r] = n
     most = above.sum(1).max() if kk else 0
-    buf_r, buf_c = np.empty(most, np.int64), np.empty(most, np.int64)
-    buf_s = np.empty(most, np.float64)
+    buf_r, buf_c = np.empty(most + 1, np.int64), np.empty(most + 1, np.int64)
+    buf_s = np.empty(most + 1, np.float64)  # (+1: the last write)
     m = min(cap, h * w)
     part, row, col = (
         np.empty(kk * m, np.int64),
@@ -100,13 +100,13 @@ def _step12_peaks(heat, mp, use_mp, thr, kernel, cap):
                 if not v > t32:
                     continue
                 if inner and 0 < c < w - 1:
-                    if not _is_peak3(up, line, down, c, v):
-                        continue
-                elif not _is_peak(heat, mp, use_mp, k, r, c, rad):
-                    continue
+                    ok = _is_peak3(up, line, down, c, v)
+                else:
+                    ok = _is_peak(heat, mp, use_mp, k, r, c, rad)
+                # written always, kept by counting: no branch on the unpredictable test
                 buf_r[cnt], buf_c[cnt] = r, c
                 buf_s[cnt] = 1.0 if math.isinf(v) else np.float64(v)
-                cnt += 1
+                cnt += ok
         if cnt > cap:  # the strongest (ties: earlier first), back in raster order
             sel = np.sort(np.argsort(-buf_s[:cnt], kind="mergesort")[:cap])
         else:
