@@ -13,7 +13,9 @@ and report it the same way:
   ``default_sigma`` (0.0625) for the rest;
 * validation: no edges, or edges that leave keypoints unconnected, is a one-line error with the
   fix; ``connect: auto`` instead adds the fewest edges that join the pieces (a minimum spanning
-  tree over the mean keypoint distances in the annotations, relative to object size), printed.
+  tree over the mean keypoint distances in the annotations, relative to object size), printed;
+  ``connect: redundant`` also adds a second spanning tree over the pairs not yet linked, so one
+  unlabelled keypoint no longer splits an object (about twice the PAF channels).
 
 The result is a plain :class:`Topology`; commands store ``topology.to_dict()`` (config, checkpoint,
 ONNX metadata), so no later stage derives it again.
@@ -133,41 +135,74 @@ def _with_sigmas(topo: Topology, cfg: Mapping[str, Any]) -> Topology:
         raise UsageError(f"topology.sigmas: {e}") from None
 
 
+CONNECT = ("auto", "redundant")
+
+
 def _connected(topo: Topology, connect: Any, kfile: KeypointFile | None) -> Topology:
-    """Refuse a topology without edges or in pieces, unless ``connect=auto`` may join them."""
+    """Refuse a topology without edges or in pieces, unless ``connect`` may join them: ``auto``
+    adds the fewest joining edges; ``redundant`` also adds a second spanning tree, so that one
+    unlabelled or unseen keypoint does not split an object in two (more PAF channels)."""
+    mode = str(connect).lower() if connect not in (None, False) else "none"
+    if mode not in ("none", "null", *CONNECT):
+        raise UsageError(f"topology.connect={connect!r}: use null, auto or redundant")
     pieces = components(topo.num_parts, topo.edges)
-    if len(pieces) == 1 and topo.num_edges:
+    joined = len(pieces) == 1 and topo.num_edges > 0
+    if joined and mode != "redundant":
         return topo
-    auto = str(connect).lower() == "auto"
-    shown = "; ".join(
-        "+".join(topo.labels[i] for i in p[:4]) + ("+..." if len(p) > 4 else "") for p in pieces[:4]
-    )
-    if not auto or kfile is None:
-        what = "no edges" if not topo.num_edges else f"edges in {len(pieces)} unconnected pieces"
-        hint = (
-            "add topology.connect=auto to join them with the fewest edges (measured on the "
-            "annotations)"
-            if kfile is not None
-            else "give the edges in the topology (connect=auto needs annotations to measure)"
+    if kfile is None or (not joined and mode not in CONNECT):
+        raise UserError(_pieces_message(topo, pieces, kfile is not None, mode))
+    dist = mean_distances(kfile, topo)
+    added = [] if joined else joining_edges(topo.num_parts, topo.edges, dist)
+    if added:
+        log.info(
+            "topology %s: skeleton in %d pieces; connect=%s added %d edges: %s",
+            *(topo.name, len(pieces), mode, len(added), _names(topo, added)),
         )
-        raise UserError(
-            f"topology {topo.name!r} has {what} ({shown}{'; ...' if len(pieces) > 4 else ''}): "
-            f"the decoder joins keypoints into one object only along edges; {hint}"
+    if mode == "redundant":
+        extra = _second_tree(topo.num_parts, [*topo.edges, *added], dist)
+        log.info(
+            "topology %s: connect=redundant added a second tree of %d edges: %s",
+            *(topo.name, len(extra), _names(topo, extra)),
         )
-    added = joining_edges(topo.num_parts, topo.edges, mean_distances(kfile, topo))
-    log.info(
-        "topology %s: skeleton in %d pieces; connect=auto added %d edges: %s",
-        topo.name,
-        len(pieces),
-        len(added),
-        ", ".join(f"{topo.labels[a]}->{topo.labels[b]}" for a, b in added),
-    )
+        added += extra
     d = topo.to_dict()
     d["edges"] = d["edges"] + [list(e) for e in added]
     # existing fields keep their channels; the new edges take the next ones in trt_pose's layout
     n = len(d["edges_paf"])
     d["edges_paf"] = d["edges_paf"] + [[2 * (n + i) + 1, 2 * (n + i)] for i in range(len(added))]
     return Topology.from_dict(d)
+
+
+def _names(topo: Topology, edges: list[tuple[int, int]]) -> str:
+    return ", ".join(f"{topo.labels[a]}->{topo.labels[b]}" for a, b in edges)
+
+
+def _pieces_message(topo: Topology, pieces: list[list[int]], have_file: bool, mode: str) -> str:
+    shown = "; ".join(
+        "+".join(topo.labels[i] for i in p[:4]) + ("+..." if len(p) > 4 else "") for p in pieces[:4]
+    )
+    shown += "; ..." if len(pieces) > 4 else ""
+    if len(pieces) == 1 and topo.num_edges:  # connect=redundant without annotations to measure
+        return f"topology.connect={mode} measures edges on annotations, and this command has none"
+    what = "no edges" if not topo.num_edges else f"edges in {len(pieces)} unconnected pieces"
+    hint = (
+        "add topology.connect=auto to join them with the fewest edges (measured on the annotations)"
+        if have_file
+        else "give the edges in the topology (connect=auto needs annotations to measure)"
+    )
+    return (
+        f"topology {topo.name!r} has {what} ({shown}): the decoder joins keypoints into one "
+        f"object only along edges; {hint}"
+    )
+
+
+def _second_tree(k: int, edges: list, dist: np.ndarray) -> list[tuple[int, int]]:
+    """A spanning tree over the pairs not yet linked (shortest mean distance first), leaving out
+    pairs never labelled together: every part gains a second route to the rest."""
+    free = np.array(dist, dtype=np.float64)
+    for a, b in edges:
+        free[a][b] = free[b][a] = np.inf
+    return [(a, b) for a, b in joining_edges(k, [], free) if np.isfinite(free[a][b])]
 
 
 def mean_distances(kfile: KeypointFile, topo: Topology) -> np.ndarray:
