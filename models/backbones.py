@@ -1,66 +1,38 @@
-"""Feature trunks (stride 32) and their ImageNet weights.
+"""Feature trunks (stride 32) cut out of torchvision classifiers, and their ImageNet weights.
 
-Every trunk maps (B, 3, H, W) normalised RGB to (B, C, H/32, W/32) features. The names are
-torchvision's; ``tiny`` is a small plain CNN for tests and CPU smoke runs, without pretrained
-weights.
+A trunk is any torchvision classification model (``torchvision.models.get_model`` name) cut at
+one graph node by torchvision's feature extraction (``create_feature_extractor``): ``layer4`` of a
+ResNet, ``features.norm5`` of a DenseNet (as trt_pose: no final ReLU), ``features`` of a
+MobileNetV3, ``conv5`` of a ShuffleNetV2. Everything after the node (pooling, classifier) is
+dropped and the kept submodules keep torchvision's names, so ImageNet and trt_pose state dicts load
+without renaming. A new trunk is a model YAML naming the model and its node (``backbone``,
+``feature_node``). ``tiny`` is a small plain CNN for tests and CPU smoke runs, without weights.
 
-Pretrained weights come from torchvision's weights API (``get_model_weights(name).DEFAULT``): the
-URL and the file's SHA-256 prefix are torchvision's, the file is cached under ``$TORCH_HOME/hub``
-and its hash is checked. ``weights_url`` replaces the URL (a mirror, or a local server in tests);
-its file name must then follow torch.hub's ``name-<sha256 prefix>.pth`` form for the hash check.
+Pretrained weights come from torchvision's weights API (``get_model_weights(name).DEFAULT``,
+loaded by torchvision itself, old DenseNet key names included): the file is cached under
+``$TORCH_HOME/hub`` and its SHA-256 prefix checked. ``weights_url`` replaces the file (a mirror, or
+a local server in tests): a state dict in the model's current key names, whose file name follows
+torch.hub's ``name-<sha256 prefix>.pth`` form for the hash check.
 """
 
 from __future__ import annotations
 
-import re
 import urllib.error
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import torchvision
-from torch import nn
+from torch import fx, nn
+from torchvision.models.feature_extraction import create_feature_extractor
 
 OFFLINE_HINT = "model.pretrained=false"
+STRIDE = 32
+# The node of the torchvision families whose model YAMLs predate ``feature_node`` (checkpoints
+# store the model config, so old ones must still build).
+LEGACY_NODES = {"resnet": "layer4", "densenet": "features.norm5"}
 
-
-class ResNetTrunk(nn.Module):
-    """A torchvision ResNet cut after layer4 (no pooling, no fc): stride 32.
-
-    Submodule names are torchvision's, so ImageNet state dicts load directly (minus ``fc``).
-    """
-
-    def __init__(self, resnet: torchvision.models.ResNet) -> None:
-        super().__init__()
-        self.conv1, self.bn1, self.relu, self.maxpool = (
-            resnet.conv1,
-            resnet.bn1,
-            resnet.relu,
-            resnet.maxpool,
-        )
-        self.layer1, self.layer2, self.layer3, self.layer4 = (
-            resnet.layer1,
-            resnet.layer2,
-            resnet.layer3,
-            resnet.layer4,
-        )
-        self.out_channels = resnet.fc.in_features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return x  # (B, C, H/32, W/32)
-
-
-class DenseNetTrunk(nn.Module):
-    """torchvision DenseNet ``features`` (ends with norm5, no ReLU, as trt_pose): stride 32."""
-
-    def __init__(self, densenet: torchvision.models.DenseNet) -> None:
-        super().__init__()
-        self.features = densenet.features
-        self.out_channels = densenet.classifier.in_features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)  # (B, C, H/32, W/32)
+T = TypeVar("T")
 
 
 class TinyTrunk(nn.Module):
@@ -78,64 +50,81 @@ class TinyTrunk(nn.Module):
             ]
             cin = w
         self.features = nn.Sequential(*layers)
-        self.out_channels = cin
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)  # (B, C, H/32, W/32)
 
 
-def _resnet(name: str) -> Callable[[], nn.Module]:
-    return lambda: ResNetTrunk(torchvision.models.get_model(name, weights=None))
-
-
-def _densenet(name: str) -> Callable[[], nn.Module]:
-    return lambda: DenseNetTrunk(torchvision.models.get_model(name, weights=None))
-
-
-TRUNKS: dict[str, Callable[[], nn.Module]] = {
-    "resnet18": _resnet("resnet18"),
-    "resnet34": _resnet("resnet34"),
-    "resnet50": _resnet("resnet50"),
-    "resnet101": _resnet("resnet101"),
-    "densenet121": _densenet("densenet121"),
-    "densenet169": _densenet("densenet169"),
-    "tiny": TinyTrunk,
-}
-
-# Old torchvision DenseNet checkpoints name layers "denselayer1.norm.1"; modules are "norm1".
-_DENSENET_KEY = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
-)
-
-
-def build_trunk(name: str, pretrained: bool = False, weights_url: str | None = None) -> nn.Module:
+def build_trunk(
+    name: str,
+    feature_node: str | None = None,
+    pretrained: bool = False,
+    weights_url: str | None = None,
+) -> nn.Module:
     """A stride-32 trunk with ``out_channels``; ImageNet weights loaded when ``pretrained``."""
-    if name not in TRUNKS:
-        raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(TRUNKS)}")
-    trunk = TRUNKS[name]()
-    if pretrained:
-        load_imagenet_weights(trunk, name, weights_url)
+    if name == "tiny":
+        if pretrained:
+            raise ValueError(f"backbone 'tiny' has no pretrained weights; set {OFFLINE_HINT}")
+        trunk: nn.Module = TinyTrunk()
+    else:
+        trunk = _torchvision_trunk(name, _node(name, feature_node), pretrained, weights_url)
+    trunk.out_channels = _check_stride(trunk, name)
     return trunk
 
 
-def imagenet_weights_url(name: str) -> str:
-    """torchvision's URL of the default ImageNet weights of ``name``."""
-    if name == "tiny":
-        raise ValueError(f"backbone 'tiny' has no pretrained weights; set {OFFLINE_HINT}")
-    return torchvision.models.get_model_weights(name).DEFAULT.url
+def _node(name: str, feature_node: str | None) -> str:
+    if feature_node:
+        return feature_node
+    for family, node in LEGACY_NODES.items():
+        if name.startswith(family):
+            return node
+    raise ValueError(
+        f"backbone {name!r} needs model.feature_node: the torchvision graph node with the stride-32 "
+        "features (see torchvision.models.feature_extraction.get_graph_node_names)"
+    )
 
 
-def load_imagenet_weights(trunk: nn.Module, name: str, weights_url: str | None = None) -> None:
-    """Download (or take from the torch.hub cache) and load ImageNet weights into ``trunk``.
-
-    Raises RuntimeError naming the URL and the ``model.pretrained=false`` override when the file
-    cannot be fetched (offline machine) or fails its hash check.
-    """
-    url = weights_url or imagenet_weights_url(name)
-    try:
-        state = torch.hub.load_state_dict_from_url(
-            url, map_location="cpu", progress=True, check_hash=True, weights_only=True
+def _torchvision_trunk(
+    name: str, node: str, pretrained: bool, weights_url: str | None
+) -> fx.GraphModule:
+    if name not in torchvision.models.list_models(torchvision.models):
+        raise ValueError(f"unknown backbone {name!r}: not a torchvision classification model")
+    if pretrained and weights_url is None:
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+        net = _fetching(
+            name, weights.url, lambda: torchvision.models.get_model(name, weights=weights)
         )
+    else:
+        net = torchvision.models.get_model(name, weights=None)
+    if pretrained and weights_url is not None:
+        state = _fetching(name, weights_url, lambda: _download(weights_url))
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise RuntimeError(
+                f"ImageNet weights from {weights_url} do not fit backbone {name!r}: missing "
+                f"{missing[:5]}, unexpected {unexpected[:5]} (a state dict of torchvision's "
+                f"{name} with its current key names is expected)"
+            )
+    trunk = create_feature_extractor(net, return_nodes={node: "features"})
+    # the extractor returns {"features": x} from its train and its eval graph; PoseNet's contract
+    # is a tensor, so both graphs return x
+    for graph in (trunk.train_graph, trunk.eval_graph):
+        out = next(n for n in graph.nodes if n.op == "output")
+        out.args = (out.args[0]["features"],)
+    trunk.recompile()
+    return trunk
+
+
+def _download(url: str) -> dict[str, torch.Tensor]:
+    return torch.hub.load_state_dict_from_url(
+        url, map_location="cpu", progress=True, check_hash=True, weights_only=True
+    )
+
+
+def _fetching(name: str, url: str, fetch: Callable[[], T]) -> T:
+    """``fetch()``, with download and hash failures turned into errors that name the fix."""
+    try:
+        return fetch()
     except (urllib.error.URLError, OSError, TimeoutError) as e:
         raise RuntimeError(
             f"could not download the ImageNet weights of backbone {name!r} from {url} ({e}). "
@@ -149,17 +138,25 @@ def load_imagenet_weights(trunk: nn.Module, name: str, weights_url: str | None =
             f"ImageNet weights of backbone {name!r} from {url} failed the hash check ({e}); "
             f"delete the cached file and retry, or use `{OFFLINE_HINT}`"
         ) from e
-    if name.startswith("densenet"):
-        state = {_DENSENET_KEY.sub(r"\1\2", k): v for k, v in state.items()}
-        state = {k.removeprefix("features."): v for k, v in state.items()}
-        target = trunk.features
-    else:
-        target = trunk
-    head_keys = ("fc.", "classifier.")
-    state = {k: v for k, v in state.items() if not k.startswith(head_keys)}
-    missing, unexpected = target.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise RuntimeError(
-            f"ImageNet weights from {url} do not fit backbone {name!r}: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}"
+
+
+def _check_stride(trunk: nn.Module, name: str) -> int:
+    """The trunk's channel count, from one small forward; a trunk that is not stride 32 is an error."""
+    was_training = trunk.training
+    trunk.eval()
+    with torch.no_grad():
+        y = trunk(torch.zeros(1, 3, 2 * STRIDE, 2 * STRIDE))  # (1, C, 2, 2) at stride 32
+    trunk.train(was_training)
+    if tuple(y.shape[2:]) != (2, 2):
+        raise ValueError(
+            f"backbone {name!r}: its feature node gives {tuple(y.shape[2:])} maps for a 64x64 input; "
+            f"the heads need stride {STRIDE} (2x2)"
         )
+    return int(y.shape[1])
+
+
+def imagenet_weights_url(name: str) -> str:
+    """torchvision's URL of the default ImageNet weights of ``name``."""
+    if name == "tiny":
+        raise ValueError(f"backbone 'tiny' has no pretrained weights; set {OFFLINE_HINT}")
+    return torchvision.models.get_model_weights(name).DEFAULT.url

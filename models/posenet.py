@@ -80,6 +80,7 @@ class PoseNet(nn.Module):
         num_parts: int,
         num_paf_channels: int,
         backbone: str = "resnet18",
+        feature_node: str | None = None,
         stride: int = 4,
         pretrained: bool = False,
         weights_url: str | None = None,
@@ -101,7 +102,7 @@ class PoseNet(nn.Module):
         self.stride = int(stride)
         self.num_parts = int(num_parts)
         self.num_paf_channels = int(num_paf_channels)
-        self.backbone = build_trunk(backbone, pretrained=pretrained, weights_url=weights_url)
+        self.backbone = build_trunk(backbone, feature_node, pretrained, weights_url)
         self.head = CmapPafHeadAttention(
             self.backbone.out_channels,
             num_parts,

@@ -152,7 +152,9 @@ def test_pretrained_downloads_verifies_and_loads(http_dir, tmp_path, monkeypatch
     m = build_model(
         model_cfg("resnet18_baseline_att", pretrained=True, weights_url=f"{base}/{name}"), TOPO
     )
-    torch.testing.assert_close(m.backbone.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
+    torch.testing.assert_close(
+        m.backbone.get_submodule("layer4.1.conv2").weight, state["layer4.1.conv2.weight"]
+    )
     assert (tmp_path / "torch_home" / "hub" / "checkpoints" / name).is_file()
 
 
@@ -191,3 +193,56 @@ def test_default_weights_are_torchvisions_and_come_from_the_hub_cache(tmp_path, 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     m = build_model(model_cfg("resnet18_baseline_att", pretrained=True), TOPO)
     torch.testing.assert_close(m.backbone.conv1.weight, state["conv1.weight"])
+
+
+# ------------------------------------------------------------------ trunks from torchvision graphs
+def test_a_new_trunk_is_one_yaml():
+    # conf/model/mobilenet_v3_large_att.yaml names a torchvision model and its stride-32 node
+    m = build_model(model_cfg("mobilenet_v3_large_att"), TOPO).eval()
+    assert m.backbone.out_channels == 960
+    with torch.no_grad():
+        heat, paf = m(torch.rand(1, 3, 96, 128))
+    assert heat.shape == (1, 18, 24, 32) and paf.shape == (1, 42, 24, 32)
+    assert not any(k.startswith("backbone.classifier") for k in m.state_dict())
+
+
+def test_trunk_node_that_is_not_stride_32_is_a_clear_error():
+    with pytest.raises(ValueError, match="stride 32"):
+        build_model(model_cfg("resnet18_baseline_att", feature_node="layer3"), TOPO)
+    with pytest.raises(ValueError, match="needs model.feature_node"):
+        build_model(model_cfg("tiny", backbone="mobilenet_v3_small"), TOPO)
+    with pytest.raises(ValueError, match="not a torchvision classification model"):
+        build_model(model_cfg("resnet18_baseline_att", backbone="resnet7"), TOPO)
+
+
+def test_trt_pose_densenet_state_dict_converts():
+    tv = torchvision.models.densenet121()
+    m = build_model(model_cfg("densenet121_baseline_att"), TOPO)
+    trt = {f"0.densenet.{k}": v for k, v in tv.state_dict().items()}
+    trt.update({f"1.{k}": v for k, v in m.head.state_dict().items()})
+    m.load_state_dict(convert_trt_pose_state_dict(trt))  # strict: every key maps
+    w = m.backbone.get_submodule("features.denseblock4.denselayer16.conv2").weight
+    torch.testing.assert_close(w, tv.features.denseblock4.denselayer16.conv2.weight)
+
+
+def test_densenet_imagenet_file_with_old_key_names_loads(tmp_path, monkeypatch):
+    # torchvision's densenet files name layers "denselayer1.norm.1"; torchvision's own loader
+    # (used through the weights API) renames them, so the trunk needs no key surgery of its own
+    url = imagenet_weights_url("densenet121")
+    cache = tmp_path / "torch_home" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.manual_seed(3)
+    state = torchvision.models.densenet121().state_dict()
+    # as torchvision's file: old names, and no num_batches_tracked (it predates them)
+    old = {
+        k.replace(".norm1.", ".norm.1.").replace(".conv2.", ".conv.2."): v
+        for k, v in state.items()
+        if not k.endswith("num_batches_tracked")
+    }
+    assert old != state
+    torch.save(old, cache / url.rsplit("/", 1)[1])
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    m = build_model(model_cfg("densenet121_baseline_att", pretrained=True), TOPO)
+    got = m.backbone.state_dict()
+    for key in ("features.denseblock2.denselayer3.norm1.weight", "features.norm5.running_mean"):
+        torch.testing.assert_close(got[key], state[key])
