@@ -161,6 +161,9 @@ def build_engine(
     calibration_cache: str | Path | None = None,
 ) -> Path:
     """Build ``output`` (serialised engine, written atomically) and its sidecar JSON."""
+    # Over 60 lines on purpose: TensorRT's builder API is one sequence of calls on a builder,
+    # network, parser, profile and config that must stay alive together; split up, every piece
+    # would pass the same five handles around. GPU-only, so it is tested on GPU machines only.
     trt = require_tensorrt()
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")

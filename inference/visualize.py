@@ -182,9 +182,12 @@ def zoom_window(
     return j0, j0 + hh, i0, i0 + ww
 
 
+Step = tuple[str, str, np.ndarray]  # (file stem, title, RGB picture)
+
+
 def render_steps(
     maps: Maps, decoder_overrides: Mapping[str, Any] | None = None, scale: int = 2, edge: Any = None
-) -> list[tuple[str, str, np.ndarray]]:
+) -> list[Step]:
     """The step pictures as (file stem, title, RGB image), in decoding order."""
     topo = maps.topology
     params = {
@@ -195,108 +198,16 @@ def render_steps(
     decoder = build_decoder(params, topo)
     h, w = maps.view.shape[:2]
     size = (h * scale, w * scale)
-    mh, mw = maps.heatmap.shape[1:]
     base = np.repeat(np.repeat(maps.view, scale, axis=0), scale, axis=1)  # nearest upscale
     trace = decoder.trace(maps.heatmap, maps.paf, maps.maxpool, output_scale=list(size))
-    pc, lc = part_colors(topo), limb_colors(topo)
-    steps: list[tuple[str, str, np.ndarray]] = [
-        ("01_input", f"input {w}x{h} ({maps.source})", base)
-    ]
-
-    steps.append(("02_heatmap", "part heatmaps", heatmap_overlay(base, maps.heatmap, topo)))
-    if maps.maxpool is not None:
-        pooled = maps.maxpool
-    else:
-        pooled = maxpool_nchw(maps.heatmap[None], decoder.maxpool_kernel)[0]
-    steps.append(
-        (
-            "03_maxpool",
-            f"max-pool {decoder.maxpool_kernel}x{decoder.maxpool_kernel}",
-            heatmap_overlay(base, pooled, topo),
-        )
-    )
-
-    # NMS: every local maximum (heatmap == maxpool), opacity = confidence, before the threshold
-    part, row, col = np.nonzero((maps.heatmap >= pooled) & (maps.heatmap > 0))
-    conf = maps.heatmap[part, row, col]
-    pts = map_to_image(np.stack([col, row], 1), (mh, mw), size)
-    steps.append(
-        (
-            "04_peaks",
-            f"NMS peaks: {len(part)} (opacity = confidence)",
-            draw_points(darken(base, 0.35), pts, [pc[k] for k in part], conf),
-        )
-    )
-
-    # part candidates after threshold_heatmap (refined positions)
-    cand = map_to_image(trace.peak_xy, (mh, mw), size)
-    cand_colors = [pc[k] for k in trace.peak_part]
-    steps.append(
-        (
-            "05_part_candidates",
-            f"part candidates >= {decoder.threshold_heatmap:g}: {len(trace.peak_part)}",
-            draw_points(darken(base, 0.35), cand, cand_colors),
-        )
-    )
-
-    segs = (
-        np.stack([cand[trace.cand_a], cand[trace.cand_b]], 1)
-        if len(trace.cand_a)
-        else np.zeros((0, 2, 2))
-    )
-    steps.append(
-        (
-            "06_edge_candidates",
-            f"edge candidates: {len(trace.cand_a)}",
-            draw_points(
-                draw_segments(
-                    darken(base, 0.35), segs, [lc[e] for e in trace.cand_edge], thickness=1
-                ),
-                cand,
-                cand_colors,
-            ),
-        )
-    )
-
-    e = pick_edge(edge, topo, trace)
-    a, b = topo.edges[e]
-    cx, cy = topo.edges_paf[e]
-    ends = np.isin(trace.peak_part, [a, b])
-    norm = np.hypot(maps.paf[cx], maps.paf[cy])
-    # zoom on the strongest matched connection of this edge (else on the whole field)
-    mine = [c for c in trace.accepted if trace.cand_edge[c] == e]
-    if mine:
-        best = max(mine, key=lambda c: trace.cand_score[c])
-        pts = trace.peak_xy[[trace.cand_a[best], trace.cand_b[best]]]
-        j0, j1, i0, i1 = zoom_window(np.zeros_like(norm, bool), pts, margin=3, min_size=12)
-    else:
-        j0, j1, i0, i1 = zoom_window(norm > 0.05, trace.peak_xy[ends])
-    # magnified like the reference's picture: the field's region fills the frame, one arrow per
-    # map pixel, with the candidates of the edge's two parts
-    crop = base[
-        j0 * h * scale // mh : j1 * h * scale // mh, i0 * w * scale // mw : i1 * w * scale // mw
-    ]
-    crop = cv2.resize(crop, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
-    sub = (slice(j0, j1), slice(i0, i1))
-    field = colorize_maps(norm[sub][None], [lc[e]], size)
-    arrows = draw_paf_arrows(
-        overlay(darken(crop, 0.35), field, 0.5),
-        maps.paf[cx][sub],
-        maps.paf[cy][sub],
-        color=(255, 255, 255),
-    )
-    local = map_to_image(trace.peak_xy[ends] - [i0, j0], (j1 - j0, i1 - i0), size)
-    steps.append(
-        (
-            f"07_paf_{topo.labels[a]}-{topo.labels[b]}",
-            f"PAF {topo.labels[a]} -> {topo.labels[b]} (zoom x{mh / (j1 - j0):.1f})",
-            draw_points(
-                arrows, local, [pc[k] for k in trace.peak_part[ends]], radius=max(4, size[0] // 60)
-            ),
-        )
-    )
-
+    steps: list[Step] = [("01_input", f"input {w}x{h} ({maps.source})", base)]
+    steps += _peak_steps(maps, decoder, base, size)
+    cand_steps, cand, segs = _candidate_steps(maps, decoder, trace, base, size)
+    steps += cand_steps
+    steps.append(_paf_step(maps, trace, base, size, edge))
+    cand_colors = [part_colors(topo)[k] for k in trace.peak_part]
     ok = np.flatnonzero(trace.cand_ok)
+    lc = limb_colors(topo)
     edge_img = draw_segments(
         darken(base, 0.35), segs[ok], [lc[i] for i in trace.cand_edge[ok]], thickness=2
     )
@@ -316,6 +227,102 @@ def render_steps(
         )
     )
     return steps
+
+
+def _peak_steps(maps: Maps, decoder: Any, base: np.ndarray, size: tuple[int, int]) -> list[Step]:
+    """Steps 2-4: the heatmaps, their max-pool, and every local maximum (NMS)."""
+    topo = maps.topology
+    if maps.maxpool is not None:
+        pooled = maps.maxpool
+    else:
+        pooled = maxpool_nchw(maps.heatmap[None], decoder.maxpool_kernel)[0]
+    # NMS: every local maximum (heatmap == maxpool), opacity = confidence, before the threshold
+    part, row, col = np.nonzero((maps.heatmap >= pooled) & (maps.heatmap > 0))
+    conf = maps.heatmap[part, row, col]
+    pts = map_to_image(np.stack([col, row], 1), maps.heatmap.shape[1:], size)
+    pc = part_colors(topo)
+    k = decoder.maxpool_kernel
+    return [
+        ("02_heatmap", "part heatmaps", heatmap_overlay(base, maps.heatmap, topo)),
+        ("03_maxpool", f"max-pool {k}x{k}", heatmap_overlay(base, pooled, topo)),
+        (
+            "04_peaks",
+            f"NMS peaks: {len(part)} (opacity = confidence)",
+            draw_points(darken(base, 0.35), pts, [pc[k] for k in part], conf),
+        ),
+    ]
+
+
+def _candidate_steps(
+    maps: Maps, decoder: Any, trace: Any, base: np.ndarray, size: tuple[int, int]
+) -> tuple[list[Step], np.ndarray, np.ndarray]:
+    """Steps 5-6: part candidates after ``threshold_heatmap`` (refined positions) and every edge
+    candidate; also their picture positions (P, 2) and segments (C, 2, 2)."""
+    topo = maps.topology
+    cand = map_to_image(trace.peak_xy, maps.heatmap.shape[1:], size)
+    cand_colors = [part_colors(topo)[k] for k in trace.peak_part]
+    segs = (
+        np.stack([cand[trace.cand_a], cand[trace.cand_b]], 1)
+        if len(trace.cand_a)
+        else np.zeros((0, 2, 2))
+    )
+    lc = limb_colors(topo)
+    candidates = draw_segments(
+        darken(base, 0.35), segs, [lc[e] for e in trace.cand_edge], thickness=1
+    )
+    steps = [
+        (
+            "05_part_candidates",
+            f"part candidates >= {decoder.threshold_heatmap:g}: {len(trace.peak_part)}",
+            draw_points(darken(base, 0.35), cand, cand_colors),
+        ),
+        (
+            "06_edge_candidates",
+            f"edge candidates: {len(trace.cand_a)}",
+            draw_points(candidates, cand, cand_colors),
+        ),
+    ]
+    return steps, cand, segs
+
+
+def _paf_step(maps: Maps, trace: Any, base: np.ndarray, size: tuple[int, int], edge: Any) -> Step:
+    """Step 7: one edge's PAF as arrows, zoomed on its strongest matched connection (else on
+    the whole field), with the candidates of the edge's two parts."""
+    topo = maps.topology
+    (h, w), (mh, mw) = base.shape[:2], maps.heatmap.shape[1:]
+    e = pick_edge(edge, topo, trace)
+    a, b = topo.edges[e]
+    cx, cy = topo.edges_paf[e]
+    ends = np.isin(trace.peak_part, [a, b])
+    norm = np.hypot(maps.paf[cx], maps.paf[cy])
+    mine = [c for c in trace.accepted if trace.cand_edge[c] == e]
+    if mine:
+        best = max(mine, key=lambda c: trace.cand_score[c])
+        pts = trace.peak_xy[[trace.cand_a[best], trace.cand_b[best]]]
+        j0, j1, i0, i1 = zoom_window(np.zeros_like(norm, bool), pts, margin=3, min_size=12)
+    else:
+        j0, j1, i0, i1 = zoom_window(norm > 0.05, trace.peak_xy[ends])
+    # magnified like the reference's picture: the field's region fills the frame, one arrow per
+    # map pixel
+    crop = base[j0 * h // mh : j1 * h // mh, i0 * w // mw : i1 * w // mw]
+    crop = cv2.resize(crop, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    sub = (slice(j0, j1), slice(i0, i1))
+    field = colorize_maps(norm[sub][None], [limb_colors(topo)[e]], size)
+    arrows = draw_paf_arrows(
+        overlay(darken(crop, 0.35), field, 0.5),
+        maps.paf[cx][sub],
+        maps.paf[cy][sub],
+        color=(255, 255, 255),
+    )
+    local = map_to_image(trace.peak_xy[ends] - [i0, j0], (j1 - j0, i1 - i0), size)
+    pc = part_colors(topo)
+    return (
+        f"07_paf_{topo.labels[a]}-{topo.labels[b]}",
+        f"PAF {topo.labels[a]} -> {topo.labels[b]} (zoom x{mh / (j1 - j0):.1f})",
+        draw_points(
+            arrows, local, [pc[k] for k in trace.peak_part[ends]], radius=max(4, size[0] // 60)
+        ),
+    )
 
 
 def run(cfg: Mapping[str, Any]) -> dict[str, Any]:

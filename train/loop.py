@@ -646,6 +646,21 @@ def run(
         du.cleanup()
 
 
+def resume_states(
+    path: Path | None, cfg: Mapping[str, Any], states: tuple, device: torch.device
+) -> tuple[int, int]:
+    """(first epoch to run, optimizer steps done): (0, 0) for a fresh run; else the checkpoint at
+    ``path`` (checked to be the same model, input size and topology) is loaded into ``states``
+    (model, optimizer, scheduler, scaler)."""
+    if path is None:
+        return 0, 0
+    ckpt = load_checkpoint(path, map_location=device)
+    check_resume(ckpt["config"], cfg, path)
+    start_epoch, step = restore_training_state(ckpt, *states, path)
+    log.info("resumed from %s: epoch %d done, step %d", path, start_epoch - 1, step)
+    return start_epoch, step
+
+
 def train(cfg, dist, out, train_set=None, val_set=None, collate_fn=None) -> dict[str, Any]:
     """Set up, find the resume point, then per epoch: train_one_epoch, evaluate, checkpoint."""
     setup_process(dist.rank, dist.device, cfg["threads"], bool(cfg["deterministic"]))
@@ -665,14 +680,8 @@ def train(cfg, dist, out, train_set=None, val_set=None, collate_fn=None) -> dict
     scaler = torch.amp.GradScaler(dist.device.type, enabled=amp_dtype == torch.float16)
     optimizer = build_optimizer(model.parameters(), cfg["optimizer"])
     scheduler = build_scheduler(optimizer, cfg["scheduler"])
-    start_epoch, step = 0, 0
-    if resume_path is not None:
-        ckpt = load_checkpoint(resume_path, map_location=dist.device)
-        check_resume(ckpt["config"], cfg, resume_path)
-        start_epoch, step = restore_training_state(
-            ckpt, model, optimizer, scheduler, scaler, resume_path
-        )
-        log.info("resumed from %s: epoch %d done, step %d", resume_path, start_epoch - 1, step)
+    states = (model, optimizer, scheduler, scaler)
+    start_epoch, step = resume_states(resume_path, cfg, states, dist.device)
     wrapped = wrap_model(model, cfg, dist)
     writer = open_run_dir(out, cfg, step) if dist.is_main else None
     decoder = build_decoder(cfg.get("decoder") or {}, topology)
