@@ -8,7 +8,10 @@ pre-processed exactly as training's evaluation mode did (the runtime's ``preproc
 input size and aspect policy), run, decoded with the model's own decoder parameters, mapped back
 to the original image (squash: ``output_scale`` = the original [rows, cols]; letterbox: the
 inverse fit), written as COCO results (the 18-part topology mapped onto COCO's 17 by name) and
-scored. The annotation file must be COCO's own person_keypoints file (17 keypoints).
+scored. The annotation file is any COCO keypoint file (read and validated by
+``datasets.cocofile``; ``category=NAME|ID|all``); its keypoint names must match the model's
+topology (``topology.keypoint_map`` maps or drops the others), and COCO's 17 person keypoints
+are scored against coco18 without the neck. ``stats.json`` records the OKS sigmas used.
 
 Oracle mode (``oracle=true``): no images and no network. For every image, the ground truth is
 fitted into the network input (``input_size``, ``aspect``), rendered with ``datasets.targets``
@@ -77,7 +80,7 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     cfg = as_plain(cfg)
     annotations = resolve_path(cfg.get("annotations"))
     if annotations is None:
-        raise UsageError("give annotations=PATH (a COCO person_keypoints file)")
+        raise UsageError("give annotations=PATH (a COCO keypoint file)")
     out_dir = output_dir(cfg, "eval")
     model_path = resolve_path(cfg.get("model_path") or cfg.get("model"))
     kfile = load_keypoint_file(annotations, cfg.get("category"), bool(cfg.get("strict", True)))
