@@ -35,9 +35,9 @@ def test_every_inference_module_has_a_layer():
         contracts = tomllib.load(f)["tool"]["importlinter"]["contracts"]
     layers = next(c for c in contracts if c["type"] == "layers")["layers"]
     named = {m.strip() for layer in layers for m in layer.replace(":", "|").split("|")}
-    modules = {
-        f"inference.{p.stem}" for p in (REPO / "inference").glob("*.py") if p.stem != "__init__"
-    }
+    folder = REPO / "inference"
+    modules = {f"inference.{p.stem}" for p in folder.glob("*.py") if p.stem != "__init__"}
+    modules |= {f"inference.{p.parent.name}" for p in folder.glob("*/__init__.py")}
     assert modules - named == set(), "add these modules to a layer in pyproject.toml"
 
 
