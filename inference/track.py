@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 from scipy.optimize import linear_sum_assignment
 
 from datasets.topology import Topology
@@ -132,25 +133,111 @@ class OneEuro:
         return out
 
 
-@dataclass
+@njit(cache=True, nogil=True)
+def _oks_kernel(poses, dets, scale2, out):  # pragma: no cover - compiled
+    """``oks_matrix`` of (N, K, 2) poses and (M, K, 2) detections into ``out`` (N, M) in one
+    compiled pass: the tracker's per-frame cost (numpy's ~30 small calls cost more than the
+    arithmetic); tested against ``oks_matrix`` and a per-pair loop."""
+    n, m, k = poses.shape[0], dets.shape[0], poses.shape[1]
+    scale_max = scale2.max()
+    pbox = np.empty((n, 4))
+    dbox = np.empty((m, 4))
+    for boxes, arr, count in ((pbox, poses, n), (dbox, dets, m)):
+        for i in range(count):
+            x0 = y0 = np.inf
+            x1 = y1 = -np.inf
+            for p in range(k):
+                x, y = arr[i, p, 0], arr[i, p, 1]
+                if x == x:  # not NaN
+                    x0, x1 = min(x0, x), max(x1, x)
+                if y == y:
+                    y0, y1 = min(y0, y), max(y1, y)
+            boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3] = x0, y0, x1, y1
+    for i in range(n):
+        area = (pbox[i, 2] - pbox[i, 0]) * (pbox[i, 3] - pbox[i, 1])
+        s2 = max(area if np.isfinite(area) else 0.0, MIN_AREA)
+        for j in range(m):
+            out[i, j] = 0.0
+            if not np.isfinite(pbox[i, 0] + pbox[i, 1] + dbox[j, 0] + dbox[j, 1]):
+                continue  # a pose without parts (its box is empty): gap inf, OKS 0
+            gx = max(0.0, max(dbox[j, 0] - pbox[i, 2], pbox[i, 0] - dbox[j, 2]))
+            gy = max(0.0, max(dbox[j, 1] - pbox[i, 3], pbox[i, 1] - dbox[j, 3]))
+            gap = math.hypot(gx, gy)
+            if math.exp(-(gap * gap) / (scale_max * s2)) < GATE_OKS:
+                continue
+            total, shared = 0.0, 0
+            for p in range(k):
+                dx = poses[i, p, 0] - dets[j, p, 0]
+                dy = poses[i, p, 1] - dets[j, p, 1]
+                d2 = dx * dx + dy * dy
+                if np.isfinite(d2):
+                    total += math.exp(-d2 / (scale2[p] * s2))
+                    shared += 1
+            out[i, j] = total / shared if shared > 0 else 0.0
+
+
+@njit(cache=True, nogil=True)
+def _move_kernel(xy, seen, velocity, last, hits, rows, dets, frame, momentum):  # pragma: no cover
+    """Move matched tracks ``rows`` to their detections (P, K, 2), in place.
+
+    The object's motion is the mean displacement of the parts seen both times (a median would
+    resist a swinging arm better, at several times the cost; the momentum smooths); parts not
+    seen now move on with the object, so they stay useful for matching."""
+    k = dets.shape[1]
+    for q in range(rows.shape[0]):
+        r = rows[q]
+        gap = float(frame - last[r])
+        sx, sy, count = 0.0, 0.0, 0
+        for p in range(k):
+            dx = dets[q, p, 0] - seen[r, p, 0]
+            dy = dets[q, p, 1] - seen[r, p, 1]
+            if np.isfinite(dx) and np.isfinite(dy):
+                sx, sy, count = sx + dx, sy + dy, count + 1
+        if count > 0:  # nothing seen twice: keep the old velocity
+            step_x, step_y = sx / count / gap, sy / count / gap
+            velocity[r, 0] = momentum * velocity[r, 0] + (1 - momentum) * step_x
+            velocity[r, 1] = momentum * velocity[r, 1] + (1 - momentum) * step_y
+        for p in range(k):
+            x, y = dets[q, p, 0], dets[q, p, 1]
+            if np.isfinite(x) and np.isfinite(y):
+                xy[r, p, 0], xy[r, p, 1] = x, y
+            else:
+                xy[r, p, 0] += velocity[r, 0] * gap
+                xy[r, p, 1] += velocity[r, 1] * gap
+            seen[r, p, 0], seen[r, p, 1] = x, y
+        last[r] = frame
+        hits[r] += 1
+
+
+def _assign(oks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Hungarian assignment maximising total OKS; a single row or column is its best pair
+    (what the Hungarian algorithm gives then, without its call overhead)."""
+    n, m = oks.shape
+    if n == 1:
+        return np.zeros(1, np.intp), np.array([int(np.argmax(oks[0]))])
+    if m == 1:
+        return np.array([int(np.argmax(oks[:, 0]))]), np.zeros(1, np.intp)
+    return linear_sum_assignment(-oks)
+
+
+@dataclass(frozen=True)
 class Track:
-    """One object followed over frames; positions in image pixels."""
+    """A snapshot of one object followed over frames (``Tracker.tracks``); image pixels."""
 
     id: int
     xy: np.ndarray  # (K, 2) last known position of each part (NaN: never seen)
     seen: np.ndarray  # (K, 2) the detection of the last match (NaN: part missing then)
     frame: int  # frame of the last match
-    velocity: np.ndarray = field(default_factory=lambda: np.zeros(2))  # pixels per frame
-    hits: int = 1
-    smoother: OneEuro | None = None
-
-    def predict(self, frame: int) -> np.ndarray:
-        """(K, 2) constant-velocity prediction of the parts at ``frame``."""
-        return self.xy + self.velocity * (frame - self.frame)
+    velocity: np.ndarray  # (2,) pixels per frame
+    hits: int
 
 
 class Tracker:
-    """Gives each skeleton a stable ``track_id`` (see the module docstring)."""
+    """Gives each skeleton a stable ``track_id`` (see the module docstring).
+
+    The live tracks are kept as flat arrays, one row per track in order of creation (the order
+    the Hungarian rounds see them in): ``ids`` (T,), ``xy`` and ``seen`` (T, K, 2), ``velocity``
+    (T, 2), ``last`` (T,) frame of the last match, ``hits`` (T,) frames matched."""
 
     def __init__(
         self,
@@ -165,14 +252,30 @@ class Tracker:
         beta: float = 0.02,
     ) -> None:
         self.sigmas = np.asarray(sigmas, dtype=np.float64)
+        self.scale2 = 2.0 * (2.0 * self.sigmas) ** 2  # OKS denominator per part, over s^2
         self.max_age = int(max_age)
         self.min_oks = float(min_oks)
         self.momentum = float(velocity_momentum)
         self.smooth, self.fps = bool(smooth), float(fps) if fps and fps > 0 else 30.0
         self.filter_args = {"min_cutoff": float(min_cutoff), "beta": float(beta)}
-        self.tracks: list[Track] = []
+        k = len(self.sigmas)
+        self.ids = np.zeros(0, np.int64)
+        self.xy, self.seen = np.zeros((0, k, 2)), np.zeros((0, k, 2))
+        self.velocity = np.zeros((0, 2))
+        self.last, self.hits = np.zeros(0, np.int64), np.zeros(0, np.int64)
+        self.smoothers: dict[int, OneEuro] = {}
         self.next_id = 1
         self.frame = -1
+
+    @property
+    def tracks(self) -> list[Track]:
+        """The live tracks, as snapshots (copies)."""
+        return [
+            Track(int(i), xy.copy(), seen.copy(), int(f), v.copy(), int(h))
+            for i, xy, seen, f, v, h in zip(
+                self.ids, self.xy, self.seen, self.last, self.velocity, self.hits, strict=True
+            )
+        ]
 
     def update(self, keypoints: Sequence[np.ndarray], frame: int | None = None) -> list[int]:
         """Match this frame's skeletons ((K, 2+) arrays: x, y[, score], NaN for missing parts)
@@ -183,76 +286,67 @@ class Tracker:
         dets = np.array([np.asarray(k, np.float64)[:, :2] for k in keypoints]).reshape(
             len(keypoints), len(self.sigmas), 2
         )
-        # a track that missed more than max_age frames is gone before it can match again; one
-        # seen in a single frame only (often a false skeleton) must match in the next frame
-        self.tracks = [
-            t for t in self.tracks if frame - t.frame <= (self.max_age if t.hits > 1 else 1)
-        ]
-        ids = [0] * len(dets)
-        free = self._match(dets, frame, ids, predicted=True)
-        self._match(dets, frame, ids, predicted=False, only=free)
-        for j in range(len(dets)):
-            if ids[j] == 0 and np.isfinite(dets[j]).all(1).any():
-                ids[j] = self._start(dets[j], frame).id
+        self._drop(frame)
+        ids = np.zeros(len(dets), np.int64)
+        self._match(dets, frame, ids, predicted=True)
+        self._match(dets, frame, ids, predicted=False)
+        new = np.flatnonzero((ids == 0) & np.isfinite(dets).all(2).any(1))
+        if new.size:
+            ids[new] = self._start(dets[new], frame)
         if self.smooth:
-            by_id = {t.id: t for t in self.tracks}
             for j, kp in enumerate(keypoints):
-                track = by_id.get(ids[j])
-                if track is not None and track.smoother is not None:
-                    kp[:, :2] = track.smoother(dets[j], frame / self.fps)
-        return ids
+                smoother = self.smoothers.get(int(ids[j]))
+                if smoother is not None:
+                    kp[:, :2] = smoother(dets[j], frame / self.fps)
+        return ids.tolist()
 
-    def _match(
-        self, dets: np.ndarray, frame: int, ids: list[int], predicted: bool, only=None
-    ) -> list[int]:
-        """One Hungarian round between unmatched detections and tracks not updated this frame;
-        returns the detections still free."""
-        free = [j for j in range(len(dets)) if ids[j] == 0] if only is None else only
-        tracks = [t for t in self.tracks if t.frame < frame]
-        if not predicted:  # second chance: only tracks that missed earlier frames
-            tracks = [t for t in tracks if frame - t.frame > 1]
-        if not free or not tracks:
-            return free
-        poses = np.stack([t.predict(frame) if predicted else t.seen for t in tracks])
-        areas = pose_areas(poses)
-        oks = oks_matrix(poses, dets[free], self.sigmas, areas)
-        rows, cols = linear_sum_assignment(-oks)
-        keep = oks[rows, cols] >= self.min_oks
-        rows, cols = rows[keep], cols[keep]
-        self._update([tracks[r] for r in rows], dets[[free[c] for c in cols]], frame)
-        for r, c in zip(rows, cols, strict=True):
-            ids[free[c]] = tracks[r].id
-        matched = {free[c] for c in cols}
-        return [j for j in free if j not in matched]
-
-    def _update(self, tracks: list[Track], dets: np.ndarray, frame: int) -> None:
-        """Move matched tracks to their detections (P, K, 2), all at once."""
-        if not tracks:
+    def _drop(self, frame: int) -> None:
+        """A track that missed more than max_age frames is gone before it can match again; one
+        seen in a single frame only (often a false skeleton) must match in the next frame."""
+        keep = frame - self.last <= np.where(self.hits > 1, self.max_age, 1)
+        if keep.all():
             return
-        gap = np.array([frame - t.frame for t in tracks], np.float64)[:, None]  # (P, 1)
-        seen = np.stack([t.seen for t in tracks])
-        # mean displacement of the parts seen both times: the object's motion (a median would
-        # resist a swinging arm better, at several times the cost; the momentum below smooths)
-        diff = dets - seen  # (P, K, 2)
-        both = np.isfinite(diff).all(-1, keepdims=True)
-        count = both.sum(1)  # (P, 1)
-        step = np.where(both, diff, 0.0).sum(1) / np.maximum(count, 1) / gap  # (P, 2)
-        step[count[:, 0] == 0] = np.nan  # nothing seen twice: keep the old velocity
-        old = np.stack([t.velocity for t in tracks])
-        velocity = np.where(
-            np.isfinite(step), self.momentum * old + (1 - self.momentum) * step, old
-        )
-        # parts not seen now move on with the object, so they stay useful for matching
-        moved = np.stack([t.xy for t in tracks]) + velocity[:, None] * gap[:, :, None]
-        here = np.isfinite(dets).all(-1, keepdims=True)
-        xy = np.where(here, dets, moved)
-        for i, t in enumerate(tracks):
-            t.velocity, t.xy, t.seen = velocity[i], xy[i], dets[i].copy()
-            t.frame, t.hits = frame, t.hits + 1
+        for tid in self.ids[~keep].tolist():
+            self.smoothers.pop(tid, None)
+        self.ids, self.xy, self.seen = self.ids[keep], self.xy[keep], self.seen[keep]
+        self.velocity, self.last, self.hits = self.velocity[keep], self.last[keep], self.hits[keep]
 
-    def _start(self, det: np.ndarray, frame: int) -> Track:
-        smoother = OneEuro(**self.filter_args) if self.smooth else None
-        track = Track(self.next_id, det.copy(), det.copy(), frame, smoother=smoother)
-        self.next_id += 1
-        self.tracks.append(track)
-        return track
+    def _match(self, dets: np.ndarray, frame: int, ids: np.ndarray, predicted: bool) -> None:
+        """One Hungarian round between unmatched detections and tracks not updated this frame
+        (the second round, at the last *seen* positions: only tracks that missed earlier
+        frames); writes the matched tracks' ids into ``ids``."""
+        free = np.flatnonzero(ids == 0)
+        age = frame - self.last
+        rows = np.flatnonzero(age > 0 if predicted else age > 1)
+        if free.size == 0 or rows.size == 0:
+            return
+        if predicted:
+            poses = self.xy[rows] + self.velocity[rows, None] * age[rows, None, None]
+        else:
+            poses = self.seen[rows]
+        oks = np.empty((rows.size, free.size))
+        _oks_kernel(poses, dets[free], self.scale2, oks)
+        r, c = _assign(oks)
+        keep = oks[r, c] >= self.min_oks
+        r, c = rows[r[keep]], free[c[keep]]
+        if r.size:
+            _move_kernel(
+                self.xy, self.seen, self.velocity, self.last, self.hits,
+                r, dets[c], frame, self.momentum,
+            )  # fmt: skip
+            ids[c] = self.ids[r]
+
+    def _start(self, dets: np.ndarray, frame: int) -> np.ndarray:
+        """New tracks for detections (P, K, 2) that matched none; returns their ids."""
+        new = np.arange(self.next_id, self.next_id + len(dets))
+        self.next_id += len(dets)
+        self.ids = np.concatenate([self.ids, new])
+        self.xy = np.concatenate([self.xy, dets])
+        self.seen = np.concatenate([self.seen, dets])
+        self.velocity = np.concatenate([self.velocity, np.zeros((len(dets), 2))])
+        self.last = np.concatenate([self.last, np.full(len(dets), frame)])
+        self.hits = np.concatenate([self.hits, np.ones(len(dets), np.int64)])
+        if self.smooth:
+            for tid in new.tolist():
+                self.smoothers[tid] = OneEuro(**self.filter_args)
+        return new

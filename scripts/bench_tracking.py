@@ -10,11 +10,13 @@ and false skeletons. For each setting the script prints
   to objects that came back after more than ``max_age`` frames away (out of the picture: no
   appearance model can be asked of a keypoint tracker);
 * the tracker's CPU time per frame, and the decoder's on the same scenes (the ground-truth maps of
-  the walks at 256x448 input, stride 4, decoded by the default decoder: its best case, clean
-  maps with few peaks), with their ratio (goal <= 5%); with ``--model``, also the decoder's time
+  the walks at 256x448 input, stride 4, decoded by the run-time decoder ``build_decoder``
+  builds, the numba ``inference.decoder.OpenPoseDecoder``: its best case, clean maps with few
+  peaks), with their ratio (goal <= 5%); with ``--model``, also the decoder's time
   on that model's maps of the rendered walks (what the frame loop decodes).
 
-Times are thread CPU time on one core. A switch is counted when an object's detection gets
+Times are thread CPU time on one core, after one untimed call of each (numba compiles or loads
+its cache on the first). A switch is counted when an object's detection gets
 another id than the object's previous detection did.
 """
 
@@ -71,9 +73,11 @@ def decoder_seconds(walks, frames: int) -> float:
     scale = np.array([INPUT[1] / SIZE[1], INPUT[0] / SIZE[0]])
     map_size = (INPUT[0] // 4, INPUT[1] // 4)
     total = 0.0
-    for kps in walks.keypoints[:frames]:
+    for i, kps in enumerate(walks.keypoints[:frames]):
         kp = np.concatenate([kps * scale, np.full((*kps.shape[:2], 1), 2.0)], -1)
         heat, paf = render_targets(kp, topo, map_size, TargetConfig())
+        if i == 0:  # untimed: numba compiles (or loads its cache) on the first call
+            decoder(heat, paf, output_scale=list(SIZE))
         start = time.thread_time()
         decoder(heat, paf, output_scale=list(SIZE))
         total += time.thread_time() - start
@@ -87,9 +91,13 @@ def model_decoder_seconds(model: str, walks, frames: int) -> float:
     total = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         video = render_video(Path(tmp) / "walks.mp4", walks)
-        for frame in open_source(str(video), max_frames=frames).frames():
+        for i, frame in enumerate(open_source(str(video), max_frames=frames).frames()):
             x, _ = runtime.preprocess(frame.image)
             maps = runtime(x[None])  # (1, C, h, w) each
+            if i == 0:  # untimed: numba compiles (or loads its cache) on the first call
+                decoder(
+                    maps["heatmap"][0], maps["part_affinity_fields"][0], maps["maxpool_heatmap"][0]
+                )
             start = time.thread_time()
             decoder(maps["heatmap"][0], maps["part_affinity_fields"][0], maps["maxpool_heatmap"][0])
             total += time.thread_time() - start
@@ -110,14 +118,17 @@ def main() -> None:
         ("tracker, 2x noise, 6 objects", {"objects": 6, "noise": 0.04, "false_rate": 0.2}, {}),
         ("tracker, max_age 150", {"objects": args.objects}, {"max_age": 150}),
     ]
+    decoder = type(build_decoder({}, Topology.named("coco18")))
     print(
         f"{args.clips} clips x {args.frames} frames, {SIZE[1]}x{SIZE[0]}; switches per 100 frames "
-        "per object"
+        f"per object; decoder {decoder.__module__}.{decoder.__name__}"
     )
     print(
         f"{'setting':30s} {'followed':>9s} {'came back':>10s} {'all':>6s} "
         f"{'track ms/frame':>15s} {'decode ms/frame':>16s} {'ratio':>6s}"
     )
+    warm = simulate_walks(2, 5, SIZE, seed=99)  # untimed: the tracker's numba kernels load
+    track_clip(warm, detections(warm, seed=99))
     track_times = []
     for name, sim, trk in settings:
         totals = {"switches": 0, "reentries": 0, "object_frames": 0, "seconds": 0.0}

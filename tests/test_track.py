@@ -7,7 +7,15 @@ import pytest
 
 from datasets.synthetic_video import detections, simulate_walks
 from datasets.topology import COCO_SIGMAS, Topology
-from inference.track import OneEuro, Tracker, oks_matrix, topology_sigmas
+from inference.track import (
+    MIN_AREA,
+    OneEuro,
+    Tracker,
+    _oks_kernel,
+    oks_matrix,
+    pose_areas,
+    topology_sigmas,
+)
 
 COCO18 = Topology.named("coco18")
 SIGMAS = topology_sigmas(COCO18)
@@ -38,6 +46,40 @@ def test_oks_matrix():
     assert 0.9 < oks[0, 2] < 1.0
     nothing = np.full_like(a, np.nan)
     assert oks_matrix(a[None], nothing[None], SIGMAS, np.array([3600.0]))[0, 0] == 0.0
+
+
+def _oks_pair(track: np.ndarray, det: np.ndarray) -> float:
+    """COCO's OKS of one pair, written out part by part (no gate: it only skips pairs whose OKS
+    is below GATE_OKS anyway)."""
+    present = track[np.isfinite(track).all(1)]
+    area = 0.0
+    if len(present):
+        area = float(np.ptp(present[:, 0]) * np.ptp(present[:, 1]))
+    s2 = max(area, MIN_AREA)
+    sims = [
+        np.exp(-((t - d) ** 2).sum() / (2 * (2 * sigma) ** 2 * s2))
+        for t, d, sigma in zip(track, det, SIGMAS, strict=True)
+        if np.isfinite(t).all() and np.isfinite(d).all()
+    ]
+    return float(np.mean(sims)) if sims else 0.0
+
+
+def test_compiled_oks_kernel_matches_a_per_pair_loop():
+    """The tracker's compiled OKS (one pass over all pairs) against the numpy ``oks_matrix`` and
+    a plain per-pair loop, on poses near and far, with missing parts and an empty pose."""
+    rng = np.random.default_rng(0)
+    centres = [(100, 100), (104, 98), (130, 110), (400, 100), (100, 300)]
+    poses = np.stack([_figure(x, y) + rng.normal(0, 3, (len(SIGMAS), 2)) for x, y in centres])
+    poses[1, :9] = np.nan
+    poses[2, rng.random(len(SIGMAS)) < 0.3] = np.nan
+    dets = poses[[4, 0, 2, 1, 3]] + rng.normal(0, 4, poses.shape)
+    dets[3] = np.nan  # a detection with no parts
+    out = np.full((len(poses), len(dets)), -1.0)
+    _oks_kernel(poses, dets, 2.0 * (2.0 * SIGMAS) ** 2, out)
+    loop = np.array([[_oks_pair(t, d) for d in dets] for t in poses])
+    assert (loop > 0.3).sum() >= 4 and (loop < 1e-3).sum() >= 4  # near and far pairs both seen
+    np.testing.assert_allclose(out, loop, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(out, oks_matrix(poses, dets, SIGMAS, pose_areas(poses)), atol=1e-12)
 
 
 def test_ids_survive_a_crossing_with_occlusion():
