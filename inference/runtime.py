@@ -89,8 +89,15 @@ class OnnxRuntime(Runtime):
     backend = "onnxruntime"
 
     def __init__(
-        self, path: str | Path, device: str = "cpu", threads: int | None = None, info=None
+        self,
+        path: str | Path,
+        device: str = "cpu",
+        threads: int | None = None,
+        info=None,
+        spin: bool = True,
     ) -> None:
+        """``spin=False``: the intra-op threads sleep between runs instead of spinning, so they
+        leave the cores to other work of the process or machine (benchmarks of several paths)."""
         # each backend imports its own library when opened: no backend pays for another's import
         import onnx
         import onnxruntime as ort
@@ -101,6 +108,8 @@ class OnnxRuntime(Runtime):
         if threads:
             opts.intra_op_num_threads = int(threads)
             opts.inter_op_num_threads = 1
+        if not spin:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
         if device.startswith("cuda"):
             if "CUDAExecutionProvider" not in ort.get_available_providers():

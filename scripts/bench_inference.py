@@ -1,16 +1,24 @@
-"""python scripts/bench_inference.py [--ckpt PATH] [--size 224] [--threads 2] [--rounds 15]
+"""python scripts/bench_inference.py [--ckpt PATH] [--size 224] [--threads 2] [--rounds 15] [--reverse]
 
-CPU inference benchmark, all paths measured in the same run on the same input:
+CPU inference benchmark, all paths measured on the same input:
 
 * per-image network latency (batch 1) of torch eager fp32 (the baseline), torch eager bf16
   (autocast; only where the CPU has avx512_bf16 or AMX), ONNX Runtime fp32 as exported without
   the graph rewrite (ConvTranspose nodes), ONNX Runtime fp32 as exported, and ONNX Runtime INT8
-  (static QDQ quantisation calibrated on real coco-mini train images). Paths run in interleaved
-  rounds (so machine load hits all alike); the best round is reported with the median beside it;
+  (static QDQ quantisation calibrated on real coco-mini train images). Each path is timed in a
+  process of its own (``--rounds`` calls after warm-up, best reported with the median beside it),
+  one after the other: no path inherits another's spinning threads or warm caches, so the figures
+  do not depend on the order (``--reverse`` runs them in the opposite order to check);
+* each path's fp32-equivalent GFLOP/s (2 x the model's multiply-accumulates per image / latency)
+  and its share of this CPU's fp32 peak for the threads used: threads x clock x fp32 FLOPs per
+  cycle per core (AVX-512 FMA: 16 lanes x 2 per fused multiply-add x the FMA units per core; the
+  derivation is printed);
 * each path's maximum output difference to torch fp32 on real images, and whether its decoded
   skeletons match fp32's (same parts, every keypoint within ``--tol`` input pixels);
 * end-to-end predict throughput (read, pre-process, network, decode) of the fastest path and of
-  torch fp32, with the decode share, over coco-mini val images.
+  torch fp32, with the decode share, over coco-mini val images. ONNX Runtime sessions in this
+  process are made with thread spinning off (``session.intra_op.allow_spinning=0``) so that torch,
+  measured after them, gets the cores.
 
 The model is the checkpoint's (``--ckpt``), run at ``--size`` (the network is fully
 convolutional), or a randomly initialised resnet18_baseline_att when none is given (then the
@@ -20,9 +28,11 @@ skeleton comparison is not meaningful: random maps decode to noise).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +52,7 @@ from export.onnx import export_onnx  # noqa: E402
 from export.quantize import quantize_int8  # noqa: E402
 from inference.runtime import OnnxRuntime, Runtime  # noqa: E402
 from inference.stream import Frame, Pipeline  # noqa: E402
+from models.build import count_macs  # noqa: E402
 from models.contract import ModelInfo  # noqa: E402
 
 COCO_MINI = Path(os.environ.get("COCO_MINI", REPO.parent / "shared" / "data" / "coco-mini"))
@@ -98,17 +109,82 @@ def load_model(
     return model, info, "randomly initialised resnet18_baseline_att (no checkpoint)"
 
 
-def latency(paths: dict[str, Runtime], x: np.ndarray, rounds: int) -> dict[str, list[float]]:
-    """Seconds per call of each path, in interleaved rounds after two warm-up calls each."""
-    for rt in paths.values():
+def cpu_info() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (vendor_id, cpu family, cpu MHz, flags...)."""
+    try:
+        block = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+    except OSError:
+        return {}
+    return {k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in block.splitlines())}
+
+
+def fp32_peak(threads: int, fma_units: int | None) -> tuple[float, str]:
+    """fp32 GFLOP/s peak of ``threads`` cores, and how it was derived."""
+    info = cpu_info()
+    flags = set(info.get("flags", "").split())
+    mhz = float(info.get("cpu MHz", "nan"))
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    for line in lscpu.splitlines():  # the rated maximum, where the hypervisor reports one
+        if line.startswith("CPU max MHz:"):
+            mhz = float(line.split(":")[1])
+    lanes = 16 if "avx512f" in flags else 8  # fp32 lanes of one vector FMA (512 / 256 bits)
+    if fma_units is None:
+        # Zen 4 (AMD family 25) runs a 512-bit FMA as two halves on its two 256-bit FMA pipes:
+        # one 512-bit FMA per cycle; Intel's AVX-512 server cores have two 512-bit FMA ports;
+        # AVX2 cores two 256-bit ones
+        zen4 = info.get("vendor_id") == "AuthenticAMD" and info.get("cpu family") == "25"
+        fma_units = 1 if (zen4 and lanes == 16) else 2
+    per_cycle = lanes * 2 * fma_units
+    peak = threads * mhz / 1e3 * per_cycle
+    how = (
+        f"fp32 peak {peak:.0f} GFLOP/s = {threads} cores x {mhz / 1e3:.2f} GHz x {per_cycle} "
+        f"FLOPs/cycle ({lanes} lanes x 2 (FMA) x {fma_units} FMA/cycle"
+        f"{', AVX-512' if lanes == 16 else ', AVX2'}; --fma-units to change)"
+    )
+    return peak, how
+
+
+ONNX_FILES = {
+    "onnxruntime fp32, ConvTranspose graph": "plain.onnx",
+    "onnxruntime fp32": "model.onnx",
+    "onnxruntime int8 QDQ": "model.int8.onnx",
+}
+
+
+def make_path(name: str, model: torch.nn.Module, info: ModelInfo, work: Path, threads: int):
+    """The runtime of one path; ONNX Runtime sessions with their threads' spinning off."""
+    if name.startswith("torch eager"):
+        return EagerRuntime(model, info, bf16=name.endswith("bf16"))
+    return OnnxRuntime(work / ONNX_FILES[name], threads=threads, info=info, spin=False)
+
+
+def child_latency(args: argparse.Namespace, model, info: ModelInfo) -> None:
+    """``--child NAME``: time one path in this fresh process; print its seconds per call (JSON)."""
+    work = Path(args.work)
+    rt = make_path(args.child, model, info, work, args.threads)
+    x = np.load(work / "x.npy")
+    for _ in range(3):  # warm-up: allocations, oneDNN primitive creation, ORT arena
         rt(x)
+    times = []
+    for _ in range(args.rounds):
+        t = time.perf_counter()
         rt(x)
-    times: dict[str, list[float]] = {name: [] for name in paths}
-    for _ in range(rounds):
-        for name, rt in paths.items():
-            t = time.perf_counter()
-            rt(x)
-            times[name].append(time.perf_counter() - t)
+        times.append(time.perf_counter() - t)
+    print(json.dumps({"times": times}))
+
+
+def isolated_latency(names: list[str], args: argparse.Namespace) -> dict[str, list[float]]:
+    """Seconds per call of each path, each in a process of its own, in ``names`` order."""
+    times = {}
+    for name in names:
+        cmd = [sys.executable, __file__, "--child", name, "--work", args.work]
+        cmd += ["--size", str(args.size), "--threads", str(args.threads)]
+        cmd += ["--rounds", str(args.rounds)] + (["--ckpt", args.ckpt] if args.ckpt else [])
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode:
+            raise SystemExit(f"timing {name!r} failed:\n{out.stderr[-2000:]}")
+        times[name] = json.loads(out.stdout.strip().splitlines()[-1])["times"]
+        print(f"  timed {name} ({len(times[name])} calls)", flush=True)
     return times
 
 
@@ -131,12 +207,14 @@ def match_skeletons(ref: list, got: list, tol: float) -> int:
     return matched
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ckpt", default=None, help="checkpoint (.pth); default: random resnet18")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--threads", type=int, default=2, help="threads for torch and onnxruntime")
-    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--rounds", type=int, default=15, help="timed calls per path")
+    ap.add_argument("--reverse", action="store_true", help="time the paths in reverse order")
+    ap.add_argument("--fma-units", type=int, default=None, help="512/256-bit FMAs per cycle")
     ap.add_argument(
         "--images",
         nargs="*",
@@ -163,42 +241,28 @@ def main() -> None:
         default=str(COCO_MINI / "val2017"),
         help="images for the end-to-end predict throughput",
     )
-    args = ap.parse_args()
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)  # one path's timing process
+    ap.add_argument("--work", default=None, help=argparse.SUPPRESS)
+    return ap.parse_args()
 
-    torch.set_num_threads(args.threads)
-    decoder = yaml.safe_load((REPO / "conf" / "decoder" / "default.yaml").read_text())
-    decoder = {k: v for k, v in decoder.items() if v is not None}
-    model, info, source = load_model(args.ckpt, args.size, decoder)
-    flags = cpu_flags()
-    has_bf16 = bool({"avx512_bf16", "amx_bf16"} & flags)
-    print(f"model: {source}; input {args.size}x{args.size}; threads {args.threads}")
-    print(
-        f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores; "
-        f"bf16: {'avx512_bf16' if 'avx512_bf16' in flags else '-'} "
-        f"{'amx' if 'amx_bf16' in flags else ''}; vnni: {'avx512_vnni' in flags}"
-    )
-    import onnxruntime as ort
 
-    print(f"torch {torch.__version__}, onnxruntime {ort.__version__}")
-
-    folders = args.images
-    if folders is None:
-        folders = [str(COCO_MINI / "val2017"), str(REPO / "data" / "synthetic" / "val")]
-    folders = [f for f in folders if Path(f).is_dir() and list_images(f)]
-    if not folders:
-        raise SystemExit(f"no image folders found among {args.images or folders}")
-    compared = {p.name for f in folders for p in list_images(f)[: args.count]}
-
-    tmp = Path(tempfile.mkdtemp(prefix="bench_inference."))
+def export_all(model, info: ModelInfo, args: argparse.Namespace, compared: set[str]) -> None:
+    """The fp32 (with and without the ConvTranspose rewrite) and INT8 graphs, into args.work."""
+    work = Path(args.work)
     t = time.perf_counter()
-    plain = export_onnx(model, info, tmp / "plain.onnx", deconv_as_conv=False)
-    fast = export_onnx(model, info, tmp / "model.onnx", deconv_as_conv=True)
+    export_onnx(
+        model,
+        info,
+        work / ONNX_FILES["onnxruntime fp32, ConvTranspose graph"],
+        deconv_as_conv=False,
+    )
+    fast = export_onnx(model, info, work / ONNX_FILES["onnxruntime fp32"], deconv_as_conv=True)
     # calibration does not see the compared images unless told (an overfit checkpoint's own
     # training images are its whole distribution: calibrate on them with --calib-overlap)
     exclude = set() if args.calib_overlap else compared
-    int8 = quantize_int8(
+    quantize_int8(
         fast,
-        tmp / "model.int8.onnx",
+        work / ONNX_FILES["onnxruntime int8 QDQ"],
         [args.calib],
         count=args.calib_count,
         exclude_images=exclude,
@@ -214,28 +278,16 @@ def main() -> None:
         f"{time.perf_counter() - t:.0f} s"
     )
 
-    paths: dict[str, Runtime] = {"torch eager fp32": EagerRuntime(model, info)}
-    if has_bf16:
-        paths["torch eager bf16"] = EagerRuntime(model, info, bf16=True)
-    paths["onnxruntime fp32, ConvTranspose graph"] = OnnxRuntime(plain, threads=args.threads)
-    paths["onnxruntime fp32"] = OnnxRuntime(fast, threads=args.threads)
-    paths["onnxruntime int8 QDQ"] = OnnxRuntime(int8, threads=args.threads)
 
-    # ---- latency on one real image
-    first = list_images(folders[0])[0]
-    x = paths["torch eager fp32"].preprocess(read_rgb(first))[0][None]  # (1, 3, H, W)
-    times = latency(paths, x, args.rounds)
-    base = min(times["torch eager fp32"])
-
-    # ---- output differences and skeletons vs fp32, per image folder
-    dec = paths["torch eager fp32"].make_decoder(output_scale=list(info.input_size))
-    quality: dict[str, dict[str, float]] = {
-        n: {"heatmap": 0.0, "paf": 0.0, "ref": 0, "match": 0, "found": 0} for n in paths
-    }
+def compare_outputs(paths: dict[str, Runtime], folders: list[str], info, args) -> tuple:
+    """Max output differences to torch fp32 and skeleton agreement per path, over the folders."""
+    ref_rt = paths["torch eager fp32"]
+    dec = ref_rt.make_decoder(output_scale=list(info.input_size))
+    quality = {n: {"heatmap": 0.0, "paf": 0.0, "ref": 0, "match": 0, "found": 0} for n in paths}
     per_folder = []
     for folder in folders:
         files = list_images(folder)[: args.count]
-        xs = np.stack([paths["torch eager fp32"].preprocess(read_rgb(f))[0] for f in files])
+        xs = np.stack([ref_rt.preprocess(read_rgb(f))[0] for f in files])
         outs = {n: rt(xs) for n, rt in paths.items()}
         ref = outs["torch eager fp32"]
         ref_sk = dec(ref["heatmap"], ref["part_affinity_fields"], ref["maxpool_heatmap"])
@@ -243,44 +295,48 @@ def main() -> None:
         per_folder.append((folder, len(files), n_ref))
         for n, o in outs.items():
             q = quality[n]
-            q["heatmap"] = max(q["heatmap"], float(np.abs(o["heatmap"] - ref["heatmap"]).max()))
-            q["paf"] = max(
-                q["paf"],
-                float(np.abs(o["part_affinity_fields"] - ref["part_affinity_fields"]).max()),
-            )
+            for key, out in (("heatmap", "heatmap"), ("paf", "part_affinity_fields")):
+                q[key] = max(q[key], float(np.abs(o[out] - ref[out]).max()))
             sk = dec(o["heatmap"], o["part_affinity_fields"], o["maxpool_heatmap"])
             q["ref"] += n_ref
             q["found"] += sum(len(s) for s in sk)
             q["match"] += sum(
                 match_skeletons(r, g, args.tol) for r, g in zip(ref_sk, sk, strict=True)
             )
+    return quality, per_folder
 
-    print()
-    print(f"network latency, batch 1, best of {args.rounds} interleaved rounds (median):")
+
+def report_latency(times, quality, per_folder, flops: float, peak: float, args) -> str:
+    """The latency table; returns the fastest path's name."""
+    base = min(times["torch eager fp32"])
     print(
-        f"{'path':40s} {'best ms':>8s} {'median':>8s} {'speedup':>8s} {'max|d| heat':>12s} "
-        f"{'max|d| paf':>11s}  skeletons = fp32"
+        f"\nnetwork latency, batch 1, best of {args.rounds} calls in a process per path (median):"
     )
-    for n in paths:
-        b, med = min(times[n]) * 1e3, statistics.median(times[n]) * 1e3
+    print(
+        f"{'path':40s} {'best ms':>8s} {'median':>8s} {'speedup':>8s} {'GFLOP/s':>8s} {'peak':>6s}"
+        f" {'max|d| heat':>12s} {'max|d| paf':>11s}  skeletons = fp32"
+    )
+    for n in times:
+        b, med = min(times[n]), statistics.median(times[n])
         q = quality[n]
         print(
-            f"{n:40s} {b:8.1f} {med:8.1f} {base * 1e3 / b:7.2f}x {q['heatmap']:12.2e} "
-            f"{q['paf']:11.2e}  {q['match']}/{q['ref']} (decoded {q['found']})"
+            f"{n:40s} {b * 1e3:8.1f} {med * 1e3:8.1f} {base / b:7.2f}x {flops / b / 1e9:8.1f} "
+            f"{flops / b / 1e9 / peak:6.1%} {q['heatmap']:12.2e} {q['paf']:11.2e}  "
+            f"{q['match']}/{q['ref']} (decoded {q['found']})"
         )
     for folder, n_img, n_ref in per_folder:
         print(f"  compared on {n_img} images of {folder}: fp32 decodes {n_ref} skeletons")
-    fastest = min((n for n in paths), key=lambda n: min(times[n]))
+    fastest = min(times, key=lambda n: min(times[n]))
     print(f"fastest: {fastest}, {base / min(times[fastest]):.2f}x torch eager fp32")
+    return fastest
 
-    # ---- end to end over real images: read, pre-process, network, decode
-    print()
-    files = list_images(args.e2e)
+
+def end_to_end(paths: dict[str, Runtime], names: list[str], folder: str) -> None:
+    files = list_images(folder)
     print(
-        f"end to end (read, pre-process, network, decode), batch 1, {len(files)} images of "
-        f"{args.e2e}:"
+        f"\nend to end (read, pre-process, network, decode), batch 1, {len(files)} images of {folder}:"
     )
-    for n in dict.fromkeys([fastest, "torch eager fp32"]):
+    for n in dict.fromkeys(names):
         pipe = Pipeline(paths[n])
         begin = time.perf_counter()
         for i, f in enumerate(files):
@@ -291,6 +347,52 @@ def main() -> None:
         s = pipe.timer.summary(len(files), time.perf_counter() - begin)
         share = ", ".join(f"{k} {v:.1%}" for k, v in s["share"].items())
         print(f"  {n:38s} {s['fps']:6.1f} images/s ({1e3 / s['fps']:.1f} ms/image): {share}")
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    decoder = yaml.safe_load((REPO / "conf" / "decoder" / "default.yaml").read_text())
+    decoder = {k: v for k, v in decoder.items() if v is not None}
+    model, info, source = load_model(args.ckpt, args.size, decoder)
+    if args.child:
+        return child_latency(args, model, info)
+    flags = cpu_flags()
+    import onnxruntime as ort
+
+    print(f"model: {source}; input {args.size}x{args.size}; threads {args.threads}")
+    print(
+        f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores; "
+        f"bf16: {'avx512_bf16' if 'avx512_bf16' in flags else '-'} "
+        f"{'amx' if 'amx_bf16' in flags else ''}; vnni: {'avx512_vnni' in flags}; "
+        f"torch {torch.__version__}, onnxruntime {ort.__version__}; load average "
+        f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}"
+    )
+    peak, how = fp32_peak(min(args.threads, os.cpu_count() or 1), args.fma_units)
+    flops = 2.0 * count_macs(model, (args.size, args.size))
+    print(f"{how}; the network: {flops / 1e9:.2f} GFLOP per image (2 x multiply-accumulates)")
+
+    folders = args.images or [str(COCO_MINI / "val2017"), str(REPO / "data" / "synthetic" / "val")]
+    folders = [f for f in folders if Path(f).is_dir() and list_images(f)]
+    if not folders:
+        raise SystemExit(f"no image folders found among {args.images or folders}")
+    compared = {p.name for f in folders for p in list_images(f)[: args.count]}
+    args.work = tempfile.mkdtemp(prefix="bench_inference.")
+    export_all(model, info, args, compared)
+    names = ["torch eager fp32"] + (
+        ["torch eager bf16"] if {"avx512_bf16", "amx_bf16"} & flags else []
+    )
+    names += list(ONNX_FILES)
+    paths = {n: make_path(n, model, info, Path(args.work), args.threads) for n in names}
+    x = paths["torch eager fp32"].preprocess(read_rgb(list_images(folders[0])[0]))[0][None]
+    np.save(Path(args.work) / "x.npy", x)  # (1, 3, H, W): the one input every path is timed on
+    order = names[::-1] if args.reverse else names
+    print(f"timing, one process per path, in this order: {', '.join(order)}")
+    times = isolated_latency(order, args)
+    times = {n: times[n] for n in names}  # the table in the usual order
+    quality, per_folder = compare_outputs(paths, folders, info, args)
+    fastest = report_latency(times, quality, per_folder, flops, peak, args)
+    end_to_end(paths, [fastest, "torch eager fp32"], args.e2e)
 
 
 if __name__ == "__main__":
