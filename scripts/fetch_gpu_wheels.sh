@@ -16,7 +16,7 @@ DIR=${1:-wheels/gpu}
 PIP=${PIP:-python3 -m pip}
 mkdir -p "$DIR"
 # the names gpu_check.sh installs (keep the two lists in step)
-PKGS=(hydra-core omegaconf antlr4-python3-runtime==4.9.3 pycocotools onnx scipy pyyaml
+PKGS=(hydra-core omegaconf antlr4-python3-runtime==4.9.3 pycocotools onnx scipy numba pyyaml
       pytest pytest-timeout)
 $PIP wheel --no-deps --no-binary :all: -w "$DIR" antlr4-python3-runtime==4.9.3
 for v in 3.10 3.11 3.12; do

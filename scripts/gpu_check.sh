@@ -38,7 +38,7 @@ step "2/4 project dependencies from $WHEELS (no network)"
 missing=$($PY - <<'PY'
 import importlib.util
 need = {"hydra": "hydra-core", "omegaconf": "omegaconf", "antlr4": "antlr4-python3-runtime==4.9.3",
-        "pycocotools": "pycocotools", "onnx": "onnx", "scipy": "scipy", "yaml": "pyyaml",
+        "pycocotools": "pycocotools", "onnx": "onnx", "scipy": "scipy", "numba": "numba", "yaml": "pyyaml",
         "pytest": "pytest", "pytest_timeout": "pytest-timeout"}
 print(" ".join(p for m, p in need.items() if importlib.util.find_spec(m) is None))
 PY
