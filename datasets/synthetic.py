@@ -246,9 +246,28 @@ def render_image(
     h, w = size_hw
     person = list(topology.labels) == _coco18_labels()
     img = _background(h, w, rng)
-    span = min(h, w)
-    anns = []
     # a crowd of tiny figures first, so labelled figures stand in front of it
+    crowd = _draw_crowd(img, topology, person, rng, settings)
+    labels, figures = _draw_figures(img, topology, person, rng, settings)
+    anns = []
+    for i, (kp, unlabelled) in enumerate(figures):
+        ann = _figure_annotation(kp, unlabelled, i + 1, labels, topology)
+        if ann is not None:
+            anns.append(ann)
+    if crowd is not None:
+        ann = _crowd_annotation(crowd, labels, topology)
+        if ann is not None:
+            anns.append(ann)
+    return img, anns
+
+
+def _draw_crowd(
+    img: np.ndarray, topology: Topology, person: bool, rng: np.random.Generator, settings: Mapping
+) -> np.ndarray | None:
+    """Now and then draw a crowd of tiny figures on ``img``; returns its (H, W) uint8 region
+    (1 where a crowd figure painted), or None when there is no crowd."""
+    h, w = img.shape[:2]
+    span = min(h, w)
     crowd = None
     if rng.random() < float(settings["crowd_prob"]):
         crowd = np.zeros((h, w), np.uint8)
@@ -259,8 +278,18 @@ def render_image(
             at = centre + rng.normal(0, span * 0.06, 2)
             kp = _place(pose - pose.mean(0), unit, rng.normal(0, 0.3), at)
             _draw_figure([(img, None), (crowd, 1)], kp, topology, unit, person, rng)
+    return crowd
 
-    labels = np.zeros((h, w), np.uint16)  # which figure painted each pixel last (0 = none)
+
+def _draw_figures(
+    img: np.ndarray, topology: Topology, person: bool, rng: np.random.Generator, settings: Mapping
+) -> tuple[np.ndarray, list[tuple[np.ndarray, bool]]]:
+    """Draw the labelled figures on ``img``, later ones in front. Returns the (H, W) uint16 label
+    map (which figure, 1-based, painted each pixel last; 0 = none) and per figure its (K, 2)
+    keypoints in pixels and whether it is left unlabelled."""
+    h, w = img.shape[:2]
+    span = min(h, w)
+    labels = np.zeros((h, w), np.uint16)
     figures = []
     for i in range(int(rng.integers(1, int(settings["max_figures"]) + 1))):
         pose = _person_pose(rng) if person else _tree_pose(topology, rng)
@@ -273,43 +302,54 @@ def render_image(
         kp = _place(pose - pose.mean(0), unit, angle, centre)
         _draw_figure([(img, None), (labels, i + 1)], kp, topology, unit, person, rng)
         figures.append((kp, rng.random() < float(settings["unlabelled_prob"])))
+    return labels, figures
 
-    for i, (kp, unlabelled) in enumerate(figures):
-        visible = (labels == i + 1).astype(np.uint8)
-        area = int(visible.sum())
-        if area < 12:
-            continue  # buried under later figures: nothing to annotate
-        out = np.zeros((topology.num_parts, 3))
-        if not unlabelled:
-            inside = (kp[:, 0] >= 0) & (kp[:, 1] >= 0) & (kp[:, 0] < w) & (kp[:, 1] < h)
-            for k in np.nonzero(inside)[0]:
-                covered = labels[int(kp[k, 1]), int(kp[k, 0])] > i + 1
-                out[k] = (kp[k, 0], kp[k, 1], 1 if covered else 2)
-        anns.append(
-            {
-                "keypoints": np.round(out.reshape(-1), 2).tolist(),
-                "num_keypoints": int((out[:, 2] > 0).sum()),
-                "segmentation": _polygons(visible),
-                "area": float(area),
-                "bbox": _bbox(visible),
-                "iscrowd": 0,
-            }
-        )
-    if crowd is not None:
-        region = (crowd > 0) & (labels == 0)  # the part of the crowd left in view
-        if region.sum() >= 12:
-            rle = mask_utils.encode(np.asfortranarray(region.astype(np.uint8)))
-            anns.append(
-                {
-                    "keypoints": [0] * (3 * topology.num_parts),
-                    "num_keypoints": 0,
-                    "segmentation": {"size": [h, w], "counts": rle["counts"].decode("ascii")},
-                    "area": float(region.sum()),
-                    "bbox": _bbox(region),
-                    "iscrowd": 1,
-                }
-            )
-    return img, anns
+
+def _figure_annotation(
+    kp: np.ndarray, unlabelled: bool, label: int, labels: np.ndarray, topology: Topology
+) -> dict[str, Any] | None:
+    """The annotation of figure ``label`` (its value in the label map) from its visible region,
+    or None when it is buried under later figures. Keypoints inside the image are visible (2)
+    or, where a later figure covers them, occluded (1); an unlabelled figure gets none."""
+    h, w = labels.shape
+    visible = (labels == label).astype(np.uint8)
+    area = int(visible.sum())
+    if area < 12:
+        return None  # buried under later figures: nothing to annotate
+    out = np.zeros((topology.num_parts, 3))
+    if not unlabelled:
+        inside = (kp[:, 0] >= 0) & (kp[:, 1] >= 0) & (kp[:, 0] < w) & (kp[:, 1] < h)
+        for k in np.nonzero(inside)[0]:
+            covered = labels[int(kp[k, 1]), int(kp[k, 0])] > label
+            out[k] = (kp[k, 0], kp[k, 1], 1 if covered else 2)
+    return {
+        "keypoints": np.round(out.reshape(-1), 2).tolist(),
+        "num_keypoints": int((out[:, 2] > 0).sum()),
+        "segmentation": _polygons(visible),
+        "area": float(area),
+        "bbox": _bbox(visible),
+        "iscrowd": 0,
+    }
+
+
+def _crowd_annotation(
+    crowd: np.ndarray, labels: np.ndarray, topology: Topology
+) -> dict[str, Any] | None:
+    """The iscrowd RLE annotation of the part of the crowd left in view, or None when too little
+    of it is."""
+    h, w = labels.shape
+    region = (crowd > 0) & (labels == 0)  # the part of the crowd left in view
+    if region.sum() < 12:
+        return None
+    rle = mask_utils.encode(np.asfortranarray(region.astype(np.uint8)))
+    return {
+        "keypoints": [0] * (3 * topology.num_parts),
+        "num_keypoints": 0,
+        "segmentation": {"size": [h, w], "counts": rle["counts"].decode("ascii")},
+        "area": float(region.sum()),
+        "bbox": _bbox(region),
+        "iscrowd": 1,
+    }
 
 
 def generate(root: Path, topology: Topology, settings: Mapping[str, Any]) -> dict[str, int]:

@@ -173,20 +173,42 @@ _BASE_X, _BASE_Y, _LENGTH64, _SLOPE64, _REACH_N64, _M_START = range(14, 20)
 
 
 def _pafs(uv, present, topology, map_size, cfg) -> np.ndarray:
-    """PAFs from (2, N, K) map coordinates and the (N, K) present mask."""
+    """PAFs from (2, N, K) map coordinates and the (N, K) present mask.
+
+    The steps: the limbs to draw (both ends present, non-zero length); a per-limb table in each
+    limb's (major, minor) frame; the candidate pixels along each limb; the exact band test; and
+    the average of the unit vectors of the limbs covering each pixel.
+    """
     h, w = map_size
-    hw = h * w
     ne = topology.num_edges
-    out = np.zeros(2 * ne * hw, np.float32)
+    out = np.zeros(2 * ne * h * w, np.float32)
     if present.size == 0 or ne == 0:
         return out.reshape(2 * ne, h, w)
     edges, channels = _edge_arrays(topology)  # (E, 2) parts, (2, E) PAF channels
+    limbs = _drawn_limbs(uv, present, edges)
+    if limbs is None:
+        return out.reshape(2 * ne, h, w)
+    a, b, d, length, limb = limbs
+    frame = _limb_frame(a, b, d, length, map_size, cfg)
+    rows, m = _candidate_rows(frame, limb, channels, map_size, cfg)
+    n_minor = math.floor(2 * float(np.maximum.reduce(frame[_REACH_N]))) + 1
+    inside, pix = _band_pixels(rows, m, n_minor, cfg)
+    _average_into(out, rows, inside, pix, n_minor)
+    return out.reshape(2 * ne, h, w)
+
+
+def _drawn_limbs(uv, present, edges):
+    """The limbs to draw: ends ``a``, ``b`` and ``d = b - a`` (each (x|y, M)), ``length`` (M) and
+    ``limb`` (M, object * E + edge, object-major), or None when there are none.
+
+    A limb needs both ends present; zero-length limbs have no direction and are skipped.
+    """
     # np.take and ndarray.nonzero: fancy indexing and the np.flatnonzero wrapper cost several
     # times more on arrays this small
     ends = present.take(edges, axis=1)  # (N, E, 2)
     limb = (ends[..., 0] & ends[..., 1]).ravel().nonzero()[0]  # object * E + edge, object-major
     if limb.size == 0:
-        return out.reshape(2 * ne, h, w)
+        return None
     # (x|y, M, 2 ends) limb ends in map coordinates
     ab = uv.take(edges, axis=2).reshape(2, -1, 2).take(limb, axis=1)
     a, b = ab[..., 0], ab[..., 1]
@@ -197,18 +219,20 @@ def _pafs(uv, present, topology, map_size, cfg) -> np.ndarray:
         nz = length > 1e-6
         a, b, d, length, limb = a[:, nz], b[:, nz], d[:, nz], length[nz], limb[nz]
         if limb.size == 0:
-            return out.reshape(2 * ne, h, w)
-    nl = limb.size
-    # Candidate pixels: walk each limb along its major axis (the one it spans more of) and take,
-    # at every major coordinate, the few minor coordinates the band can reach there. That is about
-    # 3 pixels per unit of limb length instead of the limb's whole bounding box, and all limbs of
-    # all people are expanded into one flat list of (limb, major coordinate) rows, so the number
-    # of numpy calls does not grow with the number of people. The exact rectangle test below
-    # decides. Work happens in each limb's (major, minor) frame: the per-limb values sit in one
-    # table of (x, y) pairs, swapped for limbs that run mostly vertically, together with the
-    # flat-index steps along x and y, so pixels never go back to (x, y). Rows of the tables are
-    # quantities and columns limbs (later candidate rows), so each step is one long loop.
-    table = np.empty((17, nl), np.float32)
+            return None
+    return a, b, d, length, limb
+
+
+def _limb_frame(a, b, d, length, map_size, cfg) -> np.ndarray:
+    """The (17, M) float32 per-limb table (rows _A_M.._REACH_N) in each limb's (major, minor) frame.
+
+    Candidate pixels are found by walking each limb along its major axis (the one it spans more
+    of), so work happens in that frame: the per-limb values sit in one table of (x, y) pairs,
+    swapped for limbs that run mostly vertically, together with the flat-index steps along x and
+    y, so pixels never go back to (x, y). Rows of the tables are quantities and columns limbs
+    (later candidate rows), so each step is one long loop.
+    """
+    table = np.empty((17, length.size), np.float32)
     table[_A_M : _A_N + 1] = a
     table[_B_M : _B_N + 1] = b
     np.divide(d, length, out=table[_U_M : _U_N + 1])  # unit vector
@@ -219,30 +243,52 @@ def _pafs(uv, present, topology, map_size, cfg) -> np.ndarray:
     table[_LENGTH] = length
     ad = np.abs(d)
     frame = np.where(ad[0] >= ad[1], table, table.take(_SWAP_XY, axis=0))  # x_major: no swap
-    a_m, b_m, u_m, u_n, size_m = frame[_A_M], frame[_B_M], frame[_U_M], frame[_U_N], frame[_SIZE_M]
+    u_m, u_n = frame[_U_M], frame[_U_N]
     wd = np.float32(cfg.paf_width)
     slope = np.divide(u_n, u_m, out=frame[_SLOPE])  # |slope| <= 1; u_major != 0 (length > 0)
     # the band's half-extent along the minor axis; reach at least one pixel either way, so the
     # pixel nearest the midpoint is a candidate too
-    reach_n = np.maximum(wd * np.sqrt(1 + slope * slope), 1.0, out=frame[_REACH_N])
-    reach_m = max(wd, 1.0)
+    np.maximum(wd * np.sqrt(1 + slope * slope), 1.0, out=frame[_REACH_N])
+    return frame
+
+
+def _candidate_rows(frame, limb, channels, map_size, cfg):
+    """(20, T) float64 rows, one per (limb, major coordinate) candidate, and their (T) major
+    coordinates.
+
+    At every major coordinate a limb's band can reach, the few minor coordinates it reaches
+    there are the candidates (_band_pixels): about 3 pixels per unit of limb length instead of
+    the limb's whole bounding box. All limbs of all people are expanded into one flat list of
+    rows, so the number of numpy calls does not grow with the number of people.
+    """
+    h, w = map_size
+    ne = channels.shape[1]
+    a_m, b_m, size_m = frame[_A_M], frame[_B_M], frame[_SIZE_M]
+    reach_m = max(np.float32(cfg.paf_width), 1.0)
     m0 = np.maximum(np.ceil(np.minimum(a_m, b_m) - reach_m), 0)
     m1 = np.minimum(np.floor(np.maximum(a_m, b_m) + reach_m), size_m - 1)
     # never empty (m0 <= m1): a present end lies in [-0.5, size - 0.5] and both reaches are >= 1
     count = (m1 - m0 + 1).astype(np.int64)
     end = np.add.accumulate(count)
     total = int(end[-1])
-    limb64 = np.empty((20, nl))
+    limb64 = np.empty((20, limb.size))
     limb64[:_BASE_X] = frame[:_BASE_X]
-    np.multiply(channels.take(limb % ne, axis=1), hw, out=limb64[_BASE_X : _BASE_Y + 1])
+    np.multiply(channels.take(limb % ne, axis=1), h * w, out=limb64[_BASE_X : _BASE_Y + 1])
     limb64[_LENGTH64:_M_START] = frame[_LENGTH:]
     np.subtract(m0, end - count, out=limb64[_M_START])  # so m_start + row number = m0
     rows = np.repeat(limb64, count, axis=1)  # (20, T) the limb's values on each candidate row
     m = rows[_M_START] + np.arange(total, dtype=np.float64)  # major coordinate of each row
+    return rows, m
+
+
+def _band_pixels(rows, m, n_minor, cfg):
+    """The exact test of the (T, n_minor) candidates: ``inside`` (bool) where the pixel centre lies
+    on the limb's rectangle (or is the pixel nearest its midpoint) and on the map, and ``pix``
+    its flat pixel index within a map (float64, exact)."""
+    wd = np.float32(cfg.paf_width)
     a_m, a_n = rows[_A_M], rows[_A_N]
     u_m, u_n = rows[_U_M], rows[_U_N]
     dm = m - a_m
-    n_minor = math.floor(2 * float(np.maximum.reduce(reach_n))) + 1
     minor = (
         np.ceil(a_n + dm * rows[_SLOPE64] - rows[_REACH_N64])
         + np.arange(n_minor, dtype=np.float64)[:, None]
@@ -253,27 +299,32 @@ def _pafs(uv, present, topology, map_size, cfg) -> np.ndarray:
     # The last step of each grid writes into a transposed (T, n_minor) buffer, so the covered
     # pixels come out ordered by candidate row (limb, then major coordinate), then minor
     # coordinate, without a copy: limbs overlapping a pixel are summed in object order.
-    inside = np.empty((total, n_minor), bool)
+    inside = np.empty((m.size, n_minor), bool)
     np.logical_and(
         ((along >= 0) & (along <= rows[_LENGTH64]) & (across <= wd))
         | ((m == rows[_MID_M]) & (minor == rows[_MID_N])),
         (minor >= 0) & (minor < rows[_SIZE_N]),
         out=inside.T,
     )
-    pix = np.empty((total, n_minor))  # flat pixel index, exact in float64
+    pix = np.empty((m.size, n_minor))  # flat pixel index, exact in float64
     np.add(m * rows[_STEP_M], minor * rows[_STEP_N], out=pix.T)
+    return inside, pix
+
+
+def _average_into(out, rows, inside, pix, n_minor) -> None:
+    """Write into ``out`` (flat, zero) the average of the unit vectors of the limbs (of different
+    objects) covering each pixel."""
     flat = inside.ravel().nonzero()[0]
     sel = rows[_UX : _BASE_Y + 1].take(flat // n_minor, axis=1)  # (4, P) unit, index bases
     index = (sel[2:] + pix.ravel().take(flat)).astype(np.int64)  # (2, P) output x, y indices
-    # Average the unit vectors of the limbs (of different objects) covering each pixel: count
-    # them first in the x channel itself (its index is unique per edge and pixel), then clear it.
+    # Count the limbs first in the x channel itself (its index is unique per edge and pixel),
+    # then clear it.
     np.add.at(out, index[0], np.float32(1.0))
     share = np.float32(1.0) / out.take(index[0])
     out[index[0]] = 0
     # both components in one scatter, float32 throughout: np.add.at takes a slow path when
     # value and array dtypes differ
     np.add.at(out, index.ravel(), (sel[:2].astype(np.float32) * share).ravel())
-    return out.reshape(2 * ne, h, w)
 
 
 def render_targets(
@@ -302,13 +353,47 @@ def render_targets_torch(
     """
     import torch  # the torch renderer only: the numpy path (loaders, eval's oracle) stays torch-free
 
+    u, v, present = _torch_coords(keypoints, topology, map_size, cfg)
+    h, w = map_size
+    bsz, nobj, k, _ = keypoints.shape
+    dev = keypoints.device
+    cols = torch.arange(w, device=dev, dtype=torch.float32)
+    rows = torch.arange(h, device=dev, dtype=torch.float32)
+
+    heat = torch.zeros(bsz, k, h, w, device=dev)
+    edges = torch.as_tensor(topology.edges, device=dev, dtype=torch.long).reshape(-1, 2)
+    ne = edges.shape[0]
+    sx = torch.zeros(bsz, ne, h, w, device=dev)
+    sy = torch.zeros(bsz, ne, h, w, device=dev)
+    cnt = torch.zeros(bsz, ne, h, w, device=dev)
+    for n in range(nobj):
+        un, vn, pn = u[:, n], v[:, n], present[:, n]
+        heat = torch.maximum(heat, _torch_object_heatmaps(un, vn, pn, cols, rows, cfg))
+        if ne == 0:
+            continue
+        inside, ux4, uy4 = _torch_object_bands(un, vn, pn, edges, cols, rows, cfg)
+        sx += inside * ux4
+        sy += inside * uy4
+        cnt += inside
+    # average over the objects covering each pixel
+    cnt = cnt.clamp_min(1)
+    paf = torch.zeros(bsz, 2 * ne, h, w, device=dev)
+    if ne:
+        ch = torch.as_tensor(topology.edges_paf, device=dev, dtype=torch.long)
+        paf[:, ch[:, 0]] = sx / cnt
+        paf[:, ch[:, 1]] = sy / cnt
+    return heat, paf
+
+
+def _torch_coords(keypoints, topology, map_size, cfg):
+    """(B, N, K) map coordinates u, v (0 where absent) and the present mask, as ``_coords``."""
+    import torch  # see render_targets_torch
+
     if keypoints.dim() != 4 or keypoints.shape[2:] != (topology.num_parts, 3):
         raise ValueError(
             f"keypoints must be (B, N, {topology.num_parts}, 3); got {tuple(keypoints.shape)}"
         )
     h, w = map_size
-    bsz, nobj, k, _ = keypoints.shape
-    dev = keypoints.device
     kp = keypoints.float()
     x, y, vis = kp[..., 0], kp[..., 1], kp[..., 2]
     present = (
@@ -322,53 +407,47 @@ def render_targets_torch(
     )  # (B, N, K)
     u = torch.where(present, x / cfg.stride - 0.5, torch.zeros_like(x))
     v = torch.where(present, y / cfg.stride - 0.5, torch.zeros_like(y))
-    cols = torch.arange(w, device=dev, dtype=torch.float32)
-    rows = torch.arange(h, device=dev, dtype=torch.float32)
+    return u, v, present
+
+
+def _torch_object_heatmaps(u, v, present, cols, rows, cfg):
+    """(B, K, H, W) heatmaps of one object slot from its (B, K) coordinates and present mask."""
+    import torch  # see render_targets_torch
+
     r = cfg.truncate * cfg.sigma
     inv = -0.5 / cfg.sigma**2
+    dx = cols - u[..., None]  # (B, K, W)
+    dy = rows - v[..., None]  # (B, K, H)
+    p = present[..., None]
+    gx = torch.exp(dx * dx * inv) * ((dx.abs() <= r) & p)
+    gy = torch.exp(dy * dy * inv) * ((dy.abs() <= r) & p)
+    return gy[..., :, None] * gx[..., None, :]
 
-    heat = torch.zeros(bsz, k, h, w, device=dev)
-    edges = torch.as_tensor(topology.edges, device=dev, dtype=torch.long).reshape(-1, 2)
-    ne = edges.shape[0]
-    sx = torch.zeros(bsz, ne, h, w, device=dev)
-    sy = torch.zeros(bsz, ne, h, w, device=dev)
-    cnt = torch.zeros(bsz, ne, h, w, device=dev)
-    for n in range(nobj):
-        dx = cols - u[:, n, :, None]  # (B, K, W)
-        dy = rows - v[:, n, :, None]  # (B, K, H)
-        p = present[:, n, :, None]
-        gx = torch.exp(dx * dx * inv) * ((dx.abs() <= r) & p)
-        gy = torch.exp(dy * dy * inv) * ((dy.abs() <= r) & p)
-        heat = torch.maximum(heat, gy[..., :, None] * gx[..., None, :])
-        if ne == 0:
-            continue
-        ax, ay = u[:, n, edges[:, 0]], v[:, n, edges[:, 0]]  # (B, E)
-        bx, by = u[:, n, edges[:, 1]], v[:, n, edges[:, 1]]
-        ddx, ddy = bx - ax, by - ay
-        length = torch.sqrt(ddx * ddx + ddy * ddy)
-        ok = present[:, n, edges[:, 0]] & present[:, n, edges[:, 1]] & (length > 1e-6)
-        safe = torch.where(ok, length, torch.ones_like(length))
-        ux, uy = ddx / safe, ddy / safe
-        px = cols[None, None, None, :] - ax[..., None, None]  # (B, E, 1, W)
-        py = rows[None, None, :, None] - ay[..., None, None]  # (B, E, H, 1)
-        ux4, uy4 = ux[..., None, None], uy[..., None, None]
-        along = px * ux4 + py * uy4
-        across = (px * uy4 - py * ux4).abs()
-        mid_x = torch.floor((ax + bx) * 0.5 + 0.5)[..., None, None]  # pixel nearest the midpoint
-        mid_y = torch.floor((ay + by) * 0.5 + 0.5)[..., None, None]
-        band = (along >= 0) & (along <= length[..., None, None]) & (across <= cfg.paf_width)
-        at_mid = (cols[None, None, None, :] == mid_x) & (rows[None, None, :, None] == mid_y)
-        inside = ((band | at_mid) & ok[..., None, None]).float()
-        sx += inside * ux4
-        sy += inside * uy4
-        cnt += inside
-    cnt = cnt.clamp_min(1)
-    paf = torch.zeros(bsz, 2 * ne, h, w, device=dev)
-    if ne:
-        ch = torch.as_tensor(topology.edges_paf, device=dev, dtype=torch.long)
-        paf[:, ch[:, 0]] = sx / cnt
-        paf[:, ch[:, 1]] = sy / cnt
-    return heat, paf
+
+def _torch_object_bands(u, v, present, edges, cols, rows, cfg):
+    """One object slot's limbs: the (B, E, H, W) float coverage (1 on the limb's band or the pixel
+    nearest its midpoint, for limbs with both ends present and non-zero length) and the unit
+    vector's (B, E, 1, 1) x and y components."""
+    import torch  # see render_targets_torch
+
+    ax, ay = u[:, edges[:, 0]], v[:, edges[:, 0]]  # (B, E)
+    bx, by = u[:, edges[:, 1]], v[:, edges[:, 1]]
+    ddx, ddy = bx - ax, by - ay
+    length = torch.sqrt(ddx * ddx + ddy * ddy)
+    ok = present[:, edges[:, 0]] & present[:, edges[:, 1]] & (length > 1e-6)
+    safe = torch.where(ok, length, torch.ones_like(length))
+    ux, uy = ddx / safe, ddy / safe
+    px = cols[None, None, None, :] - ax[..., None, None]  # (B, E, 1, W)
+    py = rows[None, None, :, None] - ay[..., None, None]  # (B, E, H, 1)
+    ux4, uy4 = ux[..., None, None], uy[..., None, None]
+    along = px * ux4 + py * uy4
+    across = (px * uy4 - py * ux4).abs()
+    mid_x = torch.floor((ax + bx) * 0.5 + 0.5)[..., None, None]  # pixel nearest the midpoint
+    mid_y = torch.floor((ay + by) * 0.5 + 0.5)[..., None, None]
+    band = (along >= 0) & (along <= length[..., None, None]) & (across <= cfg.paf_width)
+    at_mid = (cols[None, None, None, :] == mid_x) & (rows[None, None, :, None] == mid_y)
+    inside = ((band | at_mid) & ok[..., None, None]).float()
+    return inside, ux4, uy4
 
 
 def pad_keypoints(samples: Sequence[Any], num_parts: int, min_objects: int = 1):
