@@ -3,8 +3,8 @@
 * ``validate_config``: overrides that cannot train (``epochs=-5``, ``steps_per_epoch=0``,
   ``grad_accum=0``, ``data.input_size=-1`` or ``[0,0]``, ...) are a one-line UsageError at
   startup, not a silent no-op, a full epoch, or an error deep inside a loader worker.
-* ``RunLock``: one training run per ``out_dir``. The lock is ``fcntl.flock`` on
-  ``out_dir/.lock``, which the kernel drops when its process dies (however it dies), so a stale
+* ``RunLock``: one training run per ``out_dir``. The lock is ``fcntl.lockf`` on
+  ``out_dir/.lock``, which the kernel drops when its process dies (however it dies; forked loader workers do not inherit it), so a stale
   lock from a killed run is simply taken over; the file names the holder for the error message.
 * ``check_resume``: a checkpoint of another model or input size is refused in one line before
   its weights are loaded (instead of hundreds of ``size mismatch`` lines, or a silent change).
@@ -88,8 +88,11 @@ class RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            # a POSIX record lock (lockf), not flock: DataLoader workers forked from the run
+            # share its flock and keep a SIGKILLed run's lock alive until they notice; a lockf
+            # lock belongs to this process alone and dies with it
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (BlockingIOError, PermissionError):  # EAGAIN or EACCES: another process holds it
             holder = _read_holder(fd)
             os.close(fd)
             raise UserError(
@@ -107,7 +110,7 @@ class RunLock:
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, 0)
-            os.close(self._fd)  # closing drops the flock
+            os.close(self._fd)  # closing drops the lock
             self._fd = None
 
     def __enter__(self) -> RunLock:
