@@ -4,11 +4,12 @@
     ids = tracker.update([sk.keypoints for sk in skeletons], frame=i)  # one id per skeleton
 
 Each frame, every live track predicts where its keypoints are now with a constant-velocity model
-(one velocity per object: the median displacement of its parts, so a swinging arm does not throw
-the whole object), and tracks and detections are matched one-to-one by Object Keypoint
-Similarity (OKS, COCO's keypoint distance with the topology's per-part ``sigmas``) with the Hungarian
-algorithm (``scipy.optimize.linear_sum_assignment``). A pair is a match only if its OKS reaches
-``min_oks``. Tracks left over are then offered the remaining detections once more at their last
+(one velocity per object: the mean displacement of the parts seen in both of its last two matches,
+smoothed by ``velocity_momentum``), and tracks and detections are matched one-to-one by Object
+Keypoint Similarity (OKS, COCO's keypoint distance with the topology's per-part ``sigmas``) with
+the Hungarian algorithm, maximising the total OKS of the candidate pairs: those whose OKS reaches
+``min_oks`` (a pair that cannot match takes no part, so it cannot take a track away from one
+that can). Tracks left over are then offered the remaining detections once more at their last
 *seen* position (not the extrapolated one): this catches an object that stopped or turned while
 hidden or outside the picture. A track that misses more than ``max_age`` frames in a row is
 dropped, and so is a track seen in one frame only that misses the next (false skeletons of a weak
@@ -18,6 +19,15 @@ from 1 and are never reused).
 ``smooth=True`` adds a One Euro filter (Casiez et al., CHI 2012) per keypoint: little smoothing
 at low speed (no jitter on a still object), little lag at high speed. The filtered keypoints are
 written back into the arrays given to ``update``, so drawing and JSON show them.
+
+Speed: the tracker must cost little beside the decoder (scripts/bench_tracking.py: a few
+microseconds per frame), so a frame is one compiled call (``_track_frame``) on preallocated track
+arrays: drop, OKS matrices (box-gated), assignment, moves, births, One Euro. Most rounds need no
+Hungarian algorithm: when every connected group of candidate pairs has one track or one
+detection (a "star": objects apart, or one object and a false skeleton), its best pair is exact
+(``_star_pairs``); only the other rounds (objects overlapping each other, 0.1% of the bench's)
+go back to ``scipy.optimize.linear_sum_assignment``. ``tests/_track_reference.py`` is the same
+tracker in plain numpy, which the tests compare with.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ import numpy as np
 from numba import njit
 from scipy.optimize import linear_sum_assignment
 
+from datasets.errors import UsageError
 from datasets.topology import Topology
 
 # OKS of a part is exp(-d^2 / (2 s^2 k^2)) with k = 2 sigma and s^2 the object's area (COCO);
@@ -134,7 +145,7 @@ class OneEuro:
 
 
 @njit(cache=True, nogil=True)
-def _oks_kernel(poses, dets, scale2, out):  # pragma: no cover - compiled
+def _oks_kernel(poses, dets, scale2, gate, out):  # pragma: no cover - compiled
     """``oks_matrix`` of (N, K, 2) poses and (M, K, 2) detections into ``out`` (N, M) in one
     compiled pass: the tracker's per-frame cost (numpy's ~30 small calls cost more than the
     arithmetic); tested against ``oks_matrix`` and a per-pair loop."""
@@ -163,7 +174,7 @@ def _oks_kernel(poses, dets, scale2, out):  # pragma: no cover - compiled
             gx = max(0.0, max(dbox[j, 0] - pbox[i, 2], pbox[i, 0] - dbox[j, 2]))
             gy = max(0.0, max(dbox[j, 1] - pbox[i, 3], pbox[i, 1] - dbox[j, 3]))
             gap = math.hypot(gx, gy)
-            if math.exp(-(gap * gap) / (scale_max * s2)) < GATE_OKS:
+            if math.exp(-(gap * gap) / (scale_max * s2)) < gate:
                 continue
             total, shared = 0.0, 0
             for p in range(k):
@@ -176,48 +187,269 @@ def _oks_kernel(poses, dets, scale2, out):  # pragma: no cover - compiled
             out[i, j] = total / shared if shared > 0 else 0.0
 
 
+# The tracker's state, one row per live track in order of creation (the order the assignment
+# sees them in), in three arrays the per-frame kernel updates in place:
+#   pos (T, 4, K, 2): XY last known position of each part (NaN: never seen), SEEN the detection
+#       of the last match (NaN: part missing then), FILT / FILT_SPEED the One Euro filter's
+#       value and speed (smooth=True only)
+#   vel (T, 3): velocity x, y (pixels per frame) and FILT_TIME, the filter's last time (NaN: new)
+#   tint (T, 3): ID, LAST frame matched, HITS frames matched
+XY, SEEN, FILT, FILT_SPEED = range(4)
+FILT_TIME = 2
+ID, LAST, HITS = range(3)
+# count (5,): live tracks, next id, the rows and columns of a matrix left to the Hungarian
+# algorithm, assignment rounds that had a matrix to solve
+LIVE, NEXT_ID, PENDING_ROWS, PENDING_COLS, ROUNDS = range(5)
+# params: the tracker's settings, as the kernel reads them
+MIN_OKS, MOMENTUM, MAX_AGE, SMOOTH, FPS, MIN_CUTOFF, BETA, D_CUTOFF = range(8)
+
+
 @njit(cache=True, nogil=True)
-def _move_kernel(xy, seen, velocity, last, hits, rows, dets, frame, momentum):  # pragma: no cover
-    """Move matched tracks ``rows`` to their detections (P, K, 2), in place.
+def _track_frame(
+    pos, vel, tint, count, params, scale2, dets, frame, det, oks, idx, phase, pairs
+):  # pragma: no cover - compiled; tested against tests/_track_reference.py
+    """One frame of ``Tracker``: drop, the two assignment rounds, births, One Euro.
 
-    The object's motion is the mean displacement of the parts seen both times (a median would
-    resist a swinging arm better, at several times the cost; the momentum smooths); parts not
-    seen now move on with the object, so they stay useful for matching."""
+    ``dets`` (M, K, 2+): this frame's skeletons; ``det`` (2, M+): out, each skeleton's track id
+    (0: none) and track row. A round whose OKS matrix is a set of stars (see ``_star_pairs``)
+    is assigned here; otherwise the kernel returns the round (1 or 2), its matrix left in
+    ``oks[:count[PENDING_ROWS], :count[PENDING_COLS]]`` (track rows ``idx[0]``, skeletons
+    ``idx[1]``): the caller runs the Hungarian algorithm on it and calls again with ``phase`` =
+    that round and its (2, P) ``pairs``. Returns 0 when the frame is done."""
+    m = dets.shape[0]
+    if phase == 0:
+        _drop_tracks(pos, vel, tint, count, frame, params[MAX_AGE])
+        det[0, :m] = 0
+        det[1, :m] = -1
+    for rnd in range(max(phase, 1), 3):
+        if rnd == phase:  # the caller's Hungarian pairs for this round
+            _apply_pairs(pos, vel, tint, params, dets, frame, det, oks, idx, pairs)
+            continue
+        nr, nc = _round_matrix(
+            pos, vel, tint, count, params, scale2, dets, frame, det, oks, idx, rnd
+        )
+        if nr == 0 or nc == 0:
+            continue
+        count[ROUNDS] += 1
+        stars = np.empty((2, min(nr, nc)), np.int64)
+        n_pairs = _star_pairs(oks[:nr, :nc], stars)
+        if n_pairs < 0:
+            count[PENDING_ROWS], count[PENDING_COLS] = nr, nc
+            return rnd
+        _apply_pairs(pos, vel, tint, params, dets, frame, det, oks, idx, stars[:, :n_pairs])
+    _start_tracks(pos, vel, tint, count, dets, frame, det)
+    if params[SMOOTH] != 0.0:
+        _smooth(pos, vel, params, dets, frame, det)
+    return 0
+
+
+@njit(cache=True, nogil=True)
+def _drop_tracks(pos, vel, tint, count, frame, max_age):  # pragma: no cover - compiled
+    """A track that missed more than max_age frames is gone before it can match again; one seen
+    in a single frame only (often a false skeleton) must match in the next frame. The rows left
+    keep their order."""
+    kept = 0
+    for r in range(count[LIVE]):
+        if frame - tint[r, LAST] <= (max_age if tint[r, HITS] > 1 else 1):
+            if kept != r:
+                pos[kept] = pos[r]
+                vel[kept] = vel[r]
+                tint[kept] = tint[r]
+            kept += 1
+    count[LIVE] = kept
+
+
+@njit(cache=True, nogil=True)
+def _round_matrix(
+    pos, vel, tint, count, params, scale2, dets, frame, det, oks, idx, rnd
+):  # pragma: no cover - compiled
+    """The OKS matrix of one round between the skeletons not matched yet (``idx[1]``) and the
+    tracks not updated this frame (``idx[0]``): round 1 at the tracks' constant-velocity
+    predictions, round 2 at their last *seen* positions, for the tracks that missed earlier
+    frames only (one seen in the previous frame was offered its prediction already). Pairs
+    below min_oks are set to 0: they are no candidates, so they cannot sway the assignment.
+    Returns the numbers of tracks and skeletons in the matrix."""
+    nc = 0
+    for j in range(dets.shape[0]):
+        if det[0, j] == 0:
+            idx[1, nc] = j
+            nc += 1
+    nr = 0
+    for r in range(count[LIVE]):
+        if frame - tint[r, LAST] > (0 if rnd == 1 else 1):
+            idx[0, nr] = r
+            nr += 1
+    if nr == 0 or nc == 0:
+        return nr, nc
     k = dets.shape[1]
-    for q in range(rows.shape[0]):
-        r = rows[q]
-        gap = float(frame - last[r])
-        sx, sy, count = 0.0, 0.0, 0
+    poses = np.empty((nr, k, 2))
+    for i in range(nr):
+        r = idx[0, i]
+        age = float(frame - tint[r, LAST])
         for p in range(k):
-            dx = dets[q, p, 0] - seen[r, p, 0]
-            dy = dets[q, p, 1] - seen[r, p, 1]
-            if np.isfinite(dx) and np.isfinite(dy):
-                sx, sy, count = sx + dx, sy + dy, count + 1
-        if count > 0:  # nothing seen twice: keep the old velocity
-            step_x, step_y = sx / count / gap, sy / count / gap
-            velocity[r, 0] = momentum * velocity[r, 0] + (1 - momentum) * step_x
-            velocity[r, 1] = momentum * velocity[r, 1] + (1 - momentum) * step_y
-        for p in range(k):
-            x, y = dets[q, p, 0], dets[q, p, 1]
-            if np.isfinite(x) and np.isfinite(y):
-                xy[r, p, 0], xy[r, p, 1] = x, y
-            else:
-                xy[r, p, 0] += velocity[r, 0] * gap
-                xy[r, p, 1] += velocity[r, 1] * gap
-            seen[r, p, 0], seen[r, p, 1] = x, y
-        last[r] = frame
-        hits[r] += 1
+            for c in range(2):
+                if rnd == 1:
+                    poses[i, p, c] = pos[r, XY, p, c] + vel[r, c] * age
+                else:
+                    poses[i, p, c] = pos[r, SEEN, p, c]
+    free = np.empty((nc, k, 2))
+    for q in range(nc):
+        free[q] = dets[idx[1, q], :, :2]
+    min_oks = params[MIN_OKS]
+    _oks_kernel(poses, free, scale2, min_oks, oks[:nr, :nc])
+    for i in range(nr):  # pairs below min_oks are no candidates: they take no part
+        for q in range(nc):
+            if oks[i, q] < min_oks:
+                oks[i, q] = 0.0
+    return nr, nc
 
 
-def _assign(oks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Hungarian assignment maximising total OKS; a single row or column is its best pair
-    (what the Hungarian algorithm gives then, without its call overhead)."""
+@njit(cache=True, nogil=True)
+def _star_pairs(oks, pairs):  # pragma: no cover - compiled; tested against scipy
+    """The Hungarian algorithm's pairs of a (N, M) OKS matrix whose non-zero entries form stars
+    (every connected group of tracks and skeletons has one track or one skeleton), or -1 when
+    they do not. The groups are independent (zeros add nothing to the total), and a star's best
+    assignment is its largest entry, so the pairs are exactly the Hungarian ones (up to ties of
+    equal total OKS) without its call. Zero entries (pairs below min_oks) are no edge. A
+    non-star group has an entry whose row and column both have two or more: that is the test.
+    ``pairs`` (2, min(N, M)): out, the pairs' rows and columns; returns how many."""
     n, m = oks.shape
-    if n == 1:
-        return np.zeros(1, np.intp), np.array([int(np.argmax(oks[0]))])
-    if m == 1:
-        return np.array([int(np.argmax(oks[:, 0]))]), np.zeros(1, np.intp)
-    return linear_sum_assignment(-oks)
+    row_deg = np.zeros(n, np.int64)
+    col_deg = np.zeros(m, np.int64)
+    for i in range(n):
+        for j in range(m):
+            if oks[i, j] > 0.0:
+                row_deg[i] += 1
+                col_deg[j] += 1
+    for i in range(n):
+        for j in range(m):
+            if oks[i, j] > 0.0 and row_deg[i] > 1 and col_deg[j] > 1:
+                return -1
+    found = 0
+    for i in range(n):  # stars around a track, and single pairs
+        best = -1
+        for j in range(m):
+            if oks[i, j] > 0.0 and (best < 0 or oks[i, j] > oks[i, best]):
+                best = j
+        if best >= 0 and (row_deg[i] > 1 or col_deg[best] == 1):
+            pairs[0, found], pairs[1, found] = i, best
+            found += 1
+    for j in range(m):  # stars around a skeleton
+        if col_deg[j] > 1:
+            best = -1
+            for i in range(n):
+                if oks[i, j] > 0.0 and (best < 0 or oks[i, j] > oks[best, j]):
+                    best = i
+            pairs[0, found], pairs[1, found] = best, j
+            found += 1
+    return found
+
+
+@njit(cache=True, nogil=True)
+def _apply_pairs(pos, vel, tint, params, dets, frame, det, oks, idx, pairs):  # pragma: no cover
+    """Matches the assigned ``pairs`` (2, P) (indices into the round's tracks ``idx[0]`` and
+    skeletons ``idx[1]``) whose OKS reaches min_oks: the track moves to its skeleton, the
+    skeleton gets the track's id."""
+    for q in range(pairs.shape[1]):
+        i, c = pairs[0, q], pairs[1, q]
+        if oks[i, c] >= params[MIN_OKS]:
+            r, j = idx[0, i], idx[1, c]
+            _move(pos, vel, tint, r, dets[j], frame, params[MOMENTUM])
+            det[0, j] = tint[r, ID]
+            det[1, j] = r
+
+
+@njit(cache=True, nogil=True)
+def _move(pos, vel, tint, r, det, frame, momentum):  # pragma: no cover - compiled
+    """Moves track ``r`` to its detection (K, 2+). The object's motion is the mean displacement
+    of the parts seen both times (a median would resist a swinging arm better, at several times
+    the cost; the momentum smooths); parts not seen now move on with the object, so they stay
+    useful for matching."""
+    k = det.shape[0]
+    gap = float(frame - tint[r, LAST])
+    sx, sy, seen_twice = 0.0, 0.0, 0
+    for p in range(k):
+        dx = det[p, 0] - pos[r, SEEN, p, 0]
+        dy = det[p, 1] - pos[r, SEEN, p, 1]
+        if np.isfinite(dx) and np.isfinite(dy):
+            sx, sy, seen_twice = sx + dx, sy + dy, seen_twice + 1
+    if seen_twice > 0:  # nothing seen twice: keep the old velocity
+        vel[r, 0] = momentum * vel[r, 0] + (1 - momentum) * (sx / seen_twice / gap)
+        vel[r, 1] = momentum * vel[r, 1] + (1 - momentum) * (sy / seen_twice / gap)
+    for p in range(k):
+        x, y = det[p, 0], det[p, 1]
+        if np.isfinite(x) and np.isfinite(y):
+            pos[r, XY, p, 0], pos[r, XY, p, 1] = x, y
+        else:
+            pos[r, XY, p, 0] += vel[r, 0] * gap
+            pos[r, XY, p, 1] += vel[r, 1] * gap
+        pos[r, SEEN, p, 0], pos[r, SEEN, p, 1] = x, y
+    tint[r, LAST] = frame
+    tint[r, HITS] += 1
+
+
+@njit(cache=True, nogil=True)
+def _start_tracks(pos, vel, tint, count, dets, frame, det):  # pragma: no cover - compiled
+    """New tracks, in skeleton order, for the skeletons that matched none and have a part (the
+    caller made room: capacity >= live tracks + skeletons); ids count up and are never reused."""
+    k = dets.shape[1]
+    for j in range(dets.shape[0]):
+        if det[0, j] != 0:
+            continue
+        present = False
+        for p in range(k):
+            present = present or (np.isfinite(dets[j, p, 0]) and np.isfinite(dets[j, p, 1]))
+        if not present:
+            continue
+        r = count[LIVE]
+        count[LIVE] += 1
+        pos[r, XY] = dets[j, :, :2]
+        pos[r, SEEN] = dets[j, :, :2]
+        vel[r, 0], vel[r, 1], vel[r, FILT_TIME] = 0.0, 0.0, np.nan
+        tint[r, ID], tint[r, LAST], tint[r, HITS] = count[NEXT_ID], frame, 1
+        det[0, j], det[1, j] = count[NEXT_ID], r
+        count[NEXT_ID] += 1
+
+
+@njit(cache=True, nogil=True)
+def _smooth(pos, vel, params, dets, frame, det):  # pragma: no cover - compiled; vs OneEuro
+    """``OneEuro`` per tracked skeleton, its state in the track's FILT rows: the filtered
+    keypoints are written into ``dets``. A new track (or time going backwards) restarts it."""
+    t = frame / params[FPS]
+    for j in range(dets.shape[0]):
+        r = det[1, j]
+        if r < 0:
+            continue
+        if not t > vel[r, FILT_TIME]:  # NaN: a new track
+            pos[r, FILT] = dets[j, :, :2]
+            pos[r, FILT_SPEED] = 0.0
+            vel[r, FILT_TIME] = t
+            continue
+        dt = t - vel[r, FILT_TIME]
+        vel[r, FILT_TIME] = t
+        a_speed = _alpha(params[D_CUTOFF], dt)
+        for p in range(dets.shape[1]):
+            for c in range(2):
+                x, prev = dets[j, p, c], pos[r, FILT, p, c]
+                speed = 0.0
+                if np.isfinite(x):
+                    if not np.isfinite(prev):  # a part seen for the first time
+                        prev = x
+                    speed = (x - prev) / dt
+                s = pos[r, FILT_SPEED, p, c] + a_speed * (speed - pos[r, FILT_SPEED, p, c])
+                pos[r, FILT_SPEED, p, c] = s
+                if np.isfinite(x):
+                    a = _alpha(params[MIN_CUTOFF] + params[BETA] * abs(s), dt)
+                    dets[j, p, c] = prev + a * (x - prev)
+                    # a part missing now keeps its filtered value, to restart smoothly
+                    pos[r, FILT, p, c] = dets[j, p, c]
+
+
+@njit(cache=True, nogil=True)
+def _alpha(cutoff, dt):  # pragma: no cover - compiled
+    """One Euro's smoothing factor of a first-order low-pass at ``cutoff`` Hz."""
+    tau = 1.0 / (2 * math.pi * cutoff)
+    return 1.0 / (1.0 + tau / dt)
 
 
 @dataclass(frozen=True)
@@ -235,9 +467,9 @@ class Track:
 class Tracker:
     """Gives each skeleton a stable ``track_id`` (see the module docstring).
 
-    The live tracks are kept as flat arrays, one row per track in order of creation (the order
-    the Hungarian rounds see them in): ``ids`` (T,), ``xy`` and ``seen`` (T, K, 2), ``velocity``
-    (T, 2), ``last`` (T,) frame of the last match, ``hits`` (T,) frames matched."""
+    The tracks live in preallocated arrays (see ``XY`` ... ``HITS`` above) that one compiled
+    call per frame updates; ``stats`` counts the frames, the assignment rounds that had a matrix
+    to solve and those left to ``scipy.optimize.linear_sum_assignment``."""
 
     def __init__(
         self,
@@ -251,102 +483,107 @@ class Tracker:
         min_cutoff: float = 1.0,
         beta: float = 0.02,
     ) -> None:
+        if not 0.0 < float(min_oks) <= 1.0:
+            # 0 would match pairs with nothing in common (the assignment pairs every track)
+            raise UsageError(f"tracker.min_oks={min_oks}: give an OKS in (0, 1], e.g. 0.3")
         self.sigmas = np.asarray(sigmas, dtype=np.float64)
         self.scale2 = 2.0 * (2.0 * self.sigmas) ** 2  # OKS denominator per part, over s^2
         self.max_age = int(max_age)
         self.min_oks = float(min_oks)
         self.momentum = float(velocity_momentum)
         self.smooth, self.fps = bool(smooth), float(fps) if fps and fps > 0 else 30.0
-        self.filter_args = {"min_cutoff": float(min_cutoff), "beta": float(beta)}
-        k = len(self.sigmas)
-        self.ids = np.zeros(0, np.int64)
-        self.xy, self.seen = np.zeros((0, k, 2)), np.zeros((0, k, 2))
-        self.velocity = np.zeros((0, 2))
-        self.last, self.hits = np.zeros(0, np.int64), np.zeros(0, np.int64)
-        self.smoothers: dict[int, OneEuro] = {}
-        self.next_id = 1
+        self.params = np.zeros(8)
+        self.params[[MIN_OKS, MOMENTUM, MAX_AGE, SMOOTH]] = (
+            self.min_oks, self.momentum, self.max_age, self.smooth
+        )  # fmt: skip
+        self.params[[FPS, MIN_CUTOFF, BETA, D_CUTOFF]] = self.fps, min_cutoff, beta, 1.0
+        self.count = np.zeros(5, np.int64)
+        self.count[NEXT_ID] = 1
         self.frame = -1
+        self.frames = self.hungarian_rounds = 0
+        self._allocate(16, 16)
+
+    def _allocate(self, tracks: int, skeletons: int) -> None:
+        """(Re)allocates the track arrays for ``tracks`` rows (keeping the live ones) and the
+        per-frame scratch for ``skeletons`` skeletons."""
+        k, live = len(self.sigmas), int(self.count[LIVE])
+        pos, vel, tint = (
+            np.zeros((tracks, 4, k, 2)),
+            np.zeros((tracks, 3)),
+            np.zeros((tracks, 3), np.int64),
+        )
+        if live:
+            pos[:live], vel[:live], tint[:live] = self.pos[:live], self.vel[:live], self.tint[:live]
+        self.pos, self.vel, self.tint = pos, vel, tint
+        self.det = np.zeros((2, skeletons), np.int64)  # each skeleton's track id and row
+        self.oks = np.zeros((tracks, skeletons))  # a round's matrix
+        self.idx = np.zeros((2, max(tracks, skeletons)), np.int64)  # its track rows, skeletons
+
+    @property
+    def next_id(self) -> int:
+        """The id the next new track gets."""
+        return int(self.count[NEXT_ID])
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Frames seen, assignment rounds with a matrix, and rounds left to the Hungarian
+        algorithm (the matrix was not a set of stars, see ``_star_pairs``)."""
+        rounds = int(self.count[ROUNDS])
+        return {"frames": self.frames, "rounds": rounds, "hungarian": self.hungarian_rounds}
 
     @property
     def tracks(self) -> list[Track]:
         """The live tracks, as snapshots (copies)."""
+        n = int(self.count[LIVE])
         return [
-            Track(int(i), xy.copy(), seen.copy(), int(f), v.copy(), int(h))
-            for i, xy, seen, f, v, h in zip(
-                self.ids, self.xy, self.seen, self.last, self.velocity, self.hits, strict=True
+            Track(
+                int(t[ID]), p[XY].copy(), p[SEEN].copy(), int(t[LAST]), v[:2].copy(), int(t[HITS])
             )
+            for p, v, t in zip(self.pos[:n], self.vel[:n], self.tint[:n], strict=True)
         ]
 
     def update(self, keypoints: Sequence[np.ndarray], frame: int | None = None) -> list[int]:
         """Match this frame's skeletons ((K, 2+) arrays: x, y[, score], NaN for missing parts)
-        to the tracks; returns each skeleton's track id. ``frame`` defaults to the previous + 1
-        (give it when frames are skipped, so motion is extrapolated over the gap)."""
-        frame = self.frame + 1 if frame is None else int(frame)
-        self.frame = frame
-        dets = np.array([np.asarray(k, np.float64)[:, :2] for k in keypoints]).reshape(
-            len(keypoints), len(self.sigmas), 2
-        )
-        self._drop(frame)
-        ids = np.zeros(len(dets), np.int64)
-        self._match(dets, frame, ids, predicted=True)
-        self._match(dets, frame, ids, predicted=False)
-        new = np.flatnonzero((ids == 0) & np.isfinite(dets).all(2).any(1))
-        if new.size:
-            ids[new] = self._start(dets[new], frame)
+        to the tracks; returns each skeleton's track id (0: a skeleton without parts).
+        ``frame`` defaults to the previous + 1 (give it when frames are skipped, so motion is
+        extrapolated over the gap). With ``smooth`` the filtered x, y are written back into
+        the given arrays."""
+        try:
+            dets = np.array(keypoints, dtype=np.float64)  # (M, K, 2+)
+        except ValueError:  # (K, 2) and (K, 3) arrays mixed
+            dets = np.array([np.asarray(k, np.float64)[:, :2] for k in keypoints])
+        if dets.ndim != 3:  # no skeletons
+            dets = dets.reshape(len(keypoints), len(self.sigmas), 2)
+        ids = self.update_array(dets, frame)
         if self.smooth:
-            for j, kp in enumerate(keypoints):
-                smoother = self.smoothers.get(int(ids[j]))
-                if smoother is not None:
-                    kp[:, :2] = smoother(dets[j], frame / self.fps)
+            for kp, d, tid in zip(keypoints, dets, ids, strict=True):
+                if tid > 0:
+                    kp[:, :2] = d[:, :2]
         return ids.tolist()
 
-    def _drop(self, frame: int) -> None:
-        """A track that missed more than max_age frames is gone before it can match again; one
-        seen in a single frame only (often a false skeleton) must match in the next frame."""
-        keep = frame - self.last <= np.where(self.hits > 1, self.max_age, 1)
-        if keep.all():
-            return
-        for tid in self.ids[~keep].tolist():
-            self.smoothers.pop(tid, None)
-        self.ids, self.xy, self.seen = self.ids[keep], self.xy[keep], self.seen[keep]
-        self.velocity, self.last, self.hits = self.velocity[keep], self.last[keep], self.hits[keep]
+    def update_array(self, dets: np.ndarray, frame: int | None = None) -> np.ndarray:
+        """``update`` for skeletons already stacked in one float64 (M, K, 2+) array (smoothed
+        in place); returns the (M,) track ids."""
+        frame = self.frame + 1 if frame is None else int(frame)
+        self.frame = frame
+        self.frames += 1
+        m = len(dets)
+        if dets.ndim != 3 or dets.shape[1] != len(self.sigmas) or dets.dtype != np.float64:
+            raise ValueError(
+                f"skeletons {dets.shape} {dets.dtype}: need (M, {len(self.sigmas)}, 2+) float64"
+            )
+        live = int(self.count[LIVE])
+        if live + m > len(self.tint) or m > self.det.shape[1]:  # births need a row each
+            self._allocate(max(len(self.tint), 2 * (live + m)), max(self.det.shape[1], 2 * m))
+        args = (self.pos, self.vel, self.tint, self.count, self.params, self.scale2, dets, frame)
+        scratch = (self.det, self.oks, self.idx)
+        phase = _track_frame(*args, *scratch, 0, _NO_PAIRS)
+        while phase:  # a round the stars test could not settle: the Hungarian algorithm
+            self.hungarian_rounds += 1
+            oks = self.oks[: self.count[PENDING_ROWS], : self.count[PENDING_COLS]]
+            pairs = np.stack(linear_sum_assignment(-oks)).astype(np.int64)
+            phase = _track_frame(*args, *scratch, phase, pairs)
+        return self.det[0, :m].copy()
 
-    def _match(self, dets: np.ndarray, frame: int, ids: np.ndarray, predicted: bool) -> None:
-        """One Hungarian round between unmatched detections and tracks not updated this frame
-        (the second round, at the last *seen* positions: only tracks that missed earlier
-        frames); writes the matched tracks' ids into ``ids``."""
-        free = np.flatnonzero(ids == 0)
-        age = frame - self.last
-        rows = np.flatnonzero(age > 0 if predicted else age > 1)
-        if free.size == 0 or rows.size == 0:
-            return
-        if predicted:
-            poses = self.xy[rows] + self.velocity[rows, None] * age[rows, None, None]
-        else:
-            poses = self.seen[rows]
-        oks = np.empty((rows.size, free.size))
-        _oks_kernel(poses, dets[free], self.scale2, oks)
-        r, c = _assign(oks)
-        keep = oks[r, c] >= self.min_oks
-        r, c = rows[r[keep]], free[c[keep]]
-        if r.size:
-            _move_kernel(
-                self.xy, self.seen, self.velocity, self.last, self.hits,
-                r, dets[c], frame, self.momentum,
-            )  # fmt: skip
-            ids[c] = self.ids[r]
 
-    def _start(self, dets: np.ndarray, frame: int) -> np.ndarray:
-        """New tracks for detections (P, K, 2) that matched none; returns their ids."""
-        new = np.arange(self.next_id, self.next_id + len(dets))
-        self.next_id += len(dets)
-        self.ids = np.concatenate([self.ids, new])
-        self.xy = np.concatenate([self.xy, dets])
-        self.seen = np.concatenate([self.seen, dets])
-        self.velocity = np.concatenate([self.velocity, np.zeros((len(dets), 2))])
-        self.last = np.concatenate([self.last, np.full(len(dets), frame)])
-        self.hits = np.concatenate([self.hits, np.ones(len(dets), np.int64)])
-        if self.smooth:
-            for tid in new.tolist():
-                self.smoothers[tid] = OneEuro(**self.filter_args)
-        return new
+_NO_PAIRS = np.zeros((2, 0), np.int64)

@@ -9,11 +9,15 @@ and false skeletons. For each setting the script prints
   ``max_age`` frames: crossings, occlusions, misses; goal <= 1), and separately the new ids given
   to objects that came back after more than ``max_age`` frames away (out of the picture: no
   appearance model can be asked of a keypoint tracker);
-* the tracker's CPU time per frame, and the decoder's on the same scenes (the ground-truth maps of
+* the tracker's CPU time per frame (``Tracker.update`` on the frame's list of skeletons, as
+  the frame loop calls it: stacking them included; One Euro smoothing off except in the
+  "smooth" row), and the decoder's on the same scenes (the ground-truth maps of
   the walks at 256x448 input, stride 4, decoded by the run-time decoder ``build_decoder``
   builds, the numba ``inference.decoder.OpenPoseDecoder``: its best case, clean maps with few
   peaks), with their ratio (goal <= 5%); with ``--model``, also the decoder's time
-  on that model's maps of the rendered walks (what the frame loop decodes).
+  on that model's maps of the rendered walks (what the frame loop decodes);
+* how many assignment rounds the tracker's kernel left to scipy's Hungarian algorithm (the
+  others were sets of stars, whose Hungarian pairs the kernel finds itself).
 
 Times are thread CPU time on one core, after one untimed call of each (numba compiles or loads
 its cache on the first). A switch is counted when an object's detection gets
@@ -63,6 +67,7 @@ def track_clip(walks, dets, **tracker_args) -> dict[str, float]:
             if g in last and last[g] != tid:
                 out["switches" if t - seen_at[g] <= max_age else "reentries"] += 1
             last[g], seen_at[g] = tid, t
+    out["rounds"], out["hungarian"] = tracker.stats["rounds"], tracker.stats["hungarian"]
     return out
 
 
@@ -117,6 +122,7 @@ def main() -> None:
         ("  no motion model", {"objects": args.objects}, {"velocity_momentum": 1.0}),
         ("tracker, 2x noise, 6 objects", {"objects": 6, "noise": 0.04, "false_rate": 0.2}, {}),
         ("tracker, max_age 150", {"objects": args.objects}, {"max_age": 150}),
+        ("tracker + One Euro (smooth)", {"objects": args.objects}, {"smooth": True}),
     ]
     decoder = type(build_decoder({}, Topology.named("coco18")))
     print(
@@ -125,11 +131,11 @@ def main() -> None:
     )
     print(
         f"{'setting':30s} {'followed':>9s} {'came back':>10s} {'all':>6s} "
-        f"{'track ms/frame':>15s} {'decode ms/frame':>16s} {'ratio':>6s}"
+        f"{'track us/frame':>15s} {'decode us/frame':>16s} {'ratio':>6s}"
     )
     warm = simulate_walks(2, 5, SIZE, seed=99)  # untimed: the tracker's numba kernels load
     track_clip(warm, detections(warm, seed=99))
-    track_times = []
+    track_times, rounds, hungarian = [], 0, 0
     for name, sim, trk in settings:
         totals = {"switches": 0, "reentries": 0, "object_frames": 0, "seconds": 0.0}
         dec = []
@@ -139,23 +145,28 @@ def main() -> None:
             got = track_clip(walks, detections(walks, seed=clip, **noise), **trk)
             for k in totals:
                 totals[k] += got[k]
+            rounds, hungarian = rounds + got["rounds"], hungarian + got["hungarian"]
             if clip < 2:
                 dec.append(decoder_seconds(walks, args.decoder_frames))
         per = 100 / max(totals["object_frames"], 1)
-        track_ms = 1e3 * totals["seconds"] / (args.clips * args.frames)
-        dec_ms = 1e3 * float(np.mean(dec))
+        track_us = 1e6 * totals["seconds"] / (args.clips * args.frames)
+        dec_us = 1e6 * float(np.mean(dec))
         print(
             f"{name:30s} {totals['switches'] * per:9.2f} {totals['reentries'] * per:10.2f} "
-            f"{(totals['switches'] + totals['reentries']) * per:6.2f} {track_ms:15.2f} "
-            f"{dec_ms:16.2f} {track_ms / dec_ms:6.1%}"
+            f"{(totals['switches'] + totals['reentries']) * per:6.2f} {track_us:15.1f} "
+            f"{dec_us:16.1f} {track_us / dec_us:6.1%}"
         )
-        track_times.append(track_ms)
+        track_times.append(track_us)
+    print(
+        f"assignment rounds left to scipy's Hungarian algorithm: {hungarian} of {rounds} "
+        f"({hungarian / max(rounds, 1):.1%}); the others were stars, paired in the kernel"
+    )
     if args.model:
         walks = simulate_walks(args.objects, args.decoder_frames, SIZE, seed=0)
-        dec_ms = 1e3 * model_decoder_seconds(args.model, walks, args.decoder_frames)
+        dec_us = 1e6 * model_decoder_seconds(args.model, walks, args.decoder_frames)
         print(
-            f"decoder on {Path(args.model).name}'s maps of the rendered walks: {dec_ms:.2f} ms/frame;"
-            f" tracker (first row) / decoder = {track_times[0] / dec_ms:.1%}"
+            f"decoder on {Path(args.model).name}'s maps of the rendered walks: {dec_us:.1f} us/frame;"
+            f" tracker (first row) / decoder = {track_times[0] / dec_us:.1%}"
         )
 
 

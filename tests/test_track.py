@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.optimize import linear_sum_assignment
+from scipy.sparse.csgraph import connected_components
 
+from datasets.errors import UsageError
 from datasets.synthetic_video import detections, simulate_walks
 from datasets.topology import COCO_SIGMAS, Topology
 from inference.track import (
+    GATE_OKS,
     MIN_AREA,
     OneEuro,
     Tracker,
     _oks_kernel,
+    _star_pairs,
     oks_matrix,
     pose_areas,
     topology_sigmas,
 )
+from tests._track_reference import ReferenceTracker
 
 COCO18 = Topology.named("coco18")
 SIGMAS = topology_sigmas(COCO18)
@@ -75,7 +81,7 @@ def test_compiled_oks_kernel_matches_a_per_pair_loop():
     dets = poses[[4, 0, 2, 1, 3]] + rng.normal(0, 4, poses.shape)
     dets[3] = np.nan  # a detection with no parts
     out = np.full((len(poses), len(dets)), -1.0)
-    _oks_kernel(poses, dets, 2.0 * (2.0 * SIGMAS) ** 2, out)
+    _oks_kernel(poses, dets, 2.0 * (2.0 * SIGMAS) ** 2, GATE_OKS, out)
     loop = np.array([[_oks_pair(t, d) for d in dets] for t in poses])
     assert (loop > 0.3).sum() >= 4 and (loop < 1e-3).sum() >= 4  # near and far pairs both seen
     np.testing.assert_allclose(out, loop, rtol=1e-12, atol=1e-12)
@@ -193,3 +199,130 @@ def test_few_id_switches_on_synthetic_walks(seed):
             last[g], seen_at[g] = tid, t
     assert frames > 300
     assert 100 * switches / frames <= 1.0
+
+
+# the bench's settings (scripts/bench_tracking.py), shorter clips
+CLIPS = {
+    "walks": ({"objects": 4}, {}),
+    "no motion model": ({"objects": 4}, {"velocity_momentum": 1.0}),
+    "2x noise, 6 objects": ({"objects": 6, "noise": 0.04, "false_rate": 0.2}, {}),
+    "max_age 150": ({"objects": 4}, {"max_age": 150}),
+    "smooth": ({"objects": 4}, {"smooth": True}),
+    "smooth, 6 objects": ({"objects": 6, "noise": 0.04, "false_rate": 0.2}, {"smooth": True}),
+}
+
+
+def _replay(tracker, frames) -> tuple[list[list[int]], list[list[np.ndarray]]]:
+    """Ids and (smoothed) keypoints of a tracker over frames of (K, 2) detections."""
+    ids, kps = [], []
+    for t, dets in enumerate(frames):
+        kp = [d.copy() for d in dets]
+        ids.append(tracker.update(kp, frame=t))
+        kps.append(kp)
+    return ids, kps
+
+
+@pytest.mark.parametrize("name", list(CLIPS))
+def test_kernel_gives_the_reference_ids_on_synthetic_walks(name):
+    """The one-call-per-frame kernel against the readable numpy tracker (tests/
+    _track_reference.py): same ids and smoothed keypoints every frame; and the same ids as the
+    rule before it (Hungarian on the whole matrix, pairs below min_oks dropped after), which
+    these clips never tell apart."""
+    sim, args = CLIPS[name]
+    walks = simulate_walks(sim["objects"], 150, seed=7)
+    noise = {k: v for k, v in sim.items() if k != "objects"}
+    frames = [[d for _, d in f] for f in detections(walks, seed=7, **noise)]
+    tracker = Tracker(SIGMAS, **args)
+    ids, kps = _replay(tracker, frames)
+    ref_ids, ref_kps = _replay(ReferenceTracker(SIGMAS, **args), frames)
+    assert ids == ref_ids
+    for got, want in zip(kps, ref_kps, strict=True):
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-9)
+    assert ids == _replay(ReferenceTracker(SIGMAS, gated=False, **args), frames)[0]
+    assert len({i for f in ids for i in f}) >= sim["objects"]  # ids were given and kept
+    assert tracker.stats["rounds"] >= 140
+
+
+def _crowd(t: int, spacing: float = 2.0) -> list[np.ndarray]:
+    """Three figures side by side, close enough that every track reaches min_oks with two or
+    three skeletons: no round is a set of stars."""
+    return [_figure(100 + spacing * i + 3 * t, 200 + 0.5 * i) for i in range(3)]
+
+
+def test_hungarian_fallback_when_the_matrix_is_not_stars():
+    """A round the stars test cannot settle goes to scipy's Hungarian algorithm (counted in
+    ``stats``), and the ids stay the reference's."""
+    frames = [_crowd(t) for t in range(12)]
+    tracker = Tracker(SIGMAS)
+    ids = _replay(tracker, frames)[0]
+    assert ids == _replay(ReferenceTracker(SIGMAS), frames)[0]
+    assert tracker.stats["hungarian"] >= 10  # every frame after the first
+    assert ids[-1] == ids[0] and len(set(ids[0])) == 3
+    apart = Tracker(SIGMAS)  # the same figures far apart: every round is stars
+    _replay(apart, [_crowd(t, spacing=300.0) for t in range(12)])
+    assert apart.stats["hungarian"] == 0 and apart.stats["rounds"] == 11
+
+
+def _components_are_stars(oks: np.ndarray) -> bool:
+    """Every connected group of the matrix's non-zero entries has one row or one column."""
+    n, m = oks.shape
+    graph = np.block([[np.zeros((n, n)), oks > 0], [(oks > 0).T, np.zeros((m, m))]])
+    _, label = connected_components(graph, directed=False)
+    edges = np.concatenate([(oks > 0).any(1), (oks > 0).any(0)])
+    for c in np.unique(label[edges]):
+        if (label[:n] == c).sum() > 1 and (label[n:] == c).sum() > 1:
+            return False
+    return True
+
+
+def test_star_pairs_are_the_hungarian_pairs():
+    """On random sparse matrices: -1 exactly when a group is not a star, else the pairs of
+    non-zero entries that ``linear_sum_assignment`` picks."""
+    rng = np.random.default_rng(0)
+    outcomes = set()
+    for _ in range(400):
+        n, m = rng.integers(1, 7, 2)
+        oks = np.where(rng.random((n, m)) < rng.uniform(0.1, 0.5), rng.uniform(0.3, 1, (n, m)), 0)
+        pairs = np.full((2, min(n, m)), -1, np.int64)
+        found = _star_pairs(oks, pairs)
+        stars = _components_are_stars(oks)
+        outcomes.add((stars, found > 0))
+        if not stars:
+            assert found == -1
+            continue
+        r, c = linear_sum_assignment(-oks)
+        want = {(i, j) for i, j in zip(r, c, strict=True) if oks[i, j] > 0}
+        assert set(zip(*pairs[:, :found].tolist(), strict=True)) == want
+    assert outcomes == {(True, True), (True, False), (False, False)}
+
+
+def test_update_array_and_mixed_inputs():
+    """``update_array`` (one stacked array, smoothed in place) gives ``update``'s ids; a list
+    mixing (K, 2) and (K, 3) arrays works; a wrong shape or dtype is refused."""
+    frames = [[_figure(100 + 4 * t, 100), _figure(300 - 4 * t, 200)] for t in range(10)]
+    a, b = Tracker(SIGMAS, smooth=True), Tracker(SIGMAS, smooth=True)
+    for t, dets in enumerate(frames):
+        kp = [dets[0].copy(), np.concatenate([dets[1], np.ones((18, 1))], 1)]
+        stacked = np.stack(dets)
+        assert a.update(kp, frame=t) == b.update_array(stacked, frame=t).tolist()
+        np.testing.assert_array_equal(kp[0], stacked[0])
+        np.testing.assert_array_equal(kp[1][:, :2], stacked[1])
+    assert a.update([], frame=10) == []
+    with pytest.raises(ValueError, match="need"):
+        a.update_array(np.zeros((2, 17, 2)))
+    with pytest.raises(ValueError, match="float64"):
+        a.update_array(np.zeros((2, 18, 2), np.float32))
+
+
+def test_many_tracks_grow_the_arrays():
+    """More skeletons than the first allocation: the arrays grow and keep the live tracks."""
+    tracker = Tracker(SIGMAS)
+    first = tracker.update([_figure(60 * i, 100 * (i % 2)) for i in range(40)], frame=0)
+    again = tracker.update([_figure(60 * i, 100 * (i % 2)) for i in range(40)], frame=1)
+    assert first == again == list(range(1, 41))
+
+
+def test_min_oks_must_be_positive():
+    with pytest.raises(UsageError, match="min_oks"):
+        Tracker(SIGMAS, min_oks=0.0)
