@@ -16,20 +16,9 @@ import onnx
 import pytest
 import torch
 
-from datasets.synthetic import generate
 from datasets.topology import Topology
 
 REPO = Path(__file__).resolve().parent.parent
-
-# 9 keypoints; the tail (tailbase-tailtip) is not linked to the body in the file
-ZEBRA = Topology.from_dict(
-    {
-        "name": "zebra",
-        "labels": ["snout", "head", "neck", "forelegL1", "forelegR1", "hindlegL1", "hindlegR1",
-                   "tailbase", "tailtip"],
-        "edges": [[0, 1], [1, 2], [2, 3], [2, 4], [2, 5], [2, 6], [7, 8]],
-    }
-)  # fmt: skip
 
 
 def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -42,15 +31,19 @@ def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 
 @pytest.mark.usefixtures("one_torch_thread")
 def test_train_export_predict_eval_a_zebra(tmp_path):
-    data = tmp_path / "zebra"
-    generate(data, ZEBRA, {"num_train": 6, "num_val": 3, "image_size": [64, 64], "seed": 1})
+    data = tmp_path / "zebra"  # README's example data, made by README's command
+    subprocess.run(
+        [sys.executable, "scripts/make_zebra_set.py", str(data), "--train", "6", "--val", "3",
+         "--size", "64"], cwd=REPO, check=True, capture_output=True,
+    )  # fmt: skip
     ann = data / "annotations"
+    category = json.loads((ann / "zebra_train.json").read_text())["categories"][0]
     run = tmp_path / "run"
     _cli(
         "train", "data=coco",
-        f"data.train_annotations={ann / 'person_keypoints_train.json'}",
+        f"data.train_annotations={ann / 'zebra_train.json'}",
         f"data.train_images={data / 'train'}",
-        f"data.val_annotations={ann / 'person_keypoints_val.json'}",
+        f"data.val_annotations={ann / 'zebra_val.json'}",
         f"data.val_images={data / 'val'}",
         "topology=auto", "topology.connect=auto", "category=all",
         "model=tiny", "data.input_size=[64,64]", "data.batch_size=2", "data.num_workers=0",
@@ -59,7 +52,7 @@ def test_train_export_predict_eval_a_zebra(tmp_path):
     )  # fmt: skip
     ckpt = torch.load(run / "last.pth", weights_only=True)
     topo = Topology.from_dict(ckpt["config"]["topology"])
-    assert topo.name == "zebra" and topo.labels == ZEBRA.labels
+    assert topo.name == "zebra" and list(topo.labels) == category["keypoints"]
     assert topo.num_edges == 8  # the file's 7 + one joining the tail
     assert ("forelegL1", "forelegR1") in {
         (topo.labels[a], topo.labels[b]) for a, b in topo.flip_pairs
@@ -81,16 +74,16 @@ def test_train_export_predict_eval_a_zebra(tmp_path):
     ev = tmp_path / "eval"
     _cli(
         "inference.eval", f"model={run / 'last.onnx'}",
-        f"annotations={ann / 'person_keypoints_val.json'}", f"images={data / 'val'}",
+        f"annotations={ann / 'zebra_val.json'}", f"images={data / 'val'}",
         f"output={ev}",
     )  # fmt: skip
     vis = tmp_path / "vis"
-    val = json.loads((ann / "person_keypoints_val.json").read_text())
+    val = json.loads((ann / "zebra_val.json").read_text())
     first = next(a["image_id"] for a in val["annotations"] if a["num_keypoints"] > 0)
     image = data / "val" / next(i["file_name"] for i in val["images"] if i["id"] == first)
     _cli(
         "inference.visualize", "oracle=true", f"image={image}", "topology=auto",
-        "topology.connect=auto", f"annotations={ann / 'person_keypoints_val.json'}",
+        "topology.connect=auto", f"annotations={ann / 'zebra_val.json'}",
         f"images={data / 'val'}", "input_size=[64,64]", f"output={vis}",
     )  # fmt: skip
     assert (vis / "grid.png").is_file()
