@@ -136,14 +136,18 @@ def _template(k: int, rng: np.random.Generator) -> np.ndarray:
     return np.array(pts)
 
 
-def make_file(kind: str, num_images: int = 24, seed: int = 0) -> dict:
-    """A COCO keypoint file of ``kind`` (see the module docstring); images are records only."""
+def make_file(
+    kind: str, num_images: int = 24, seed: int = 0, unlabelled: float | None = None
+) -> dict:
+    """A COCO keypoint file of ``kind`` (see the module docstring); images are records only.
+    ``unlabelled``: the fraction of parts left unlabelled (default: the kind's, ``UNSEEN``)."""
     rng = np.random.default_rng(seed)
     names, skeleton = category_of(kind)
     template = _template(len(names), rng)
     crowded = kind in ("crowdpose", "occluded")
     single = kind in ("locust", "fly", "zebra", "horse")  # one animal per (lab) picture
-    occluded, unlabelled = UNSEEN[kind]
+    occluded, default_unlabelled = UNSEEN[kind]
+    unlabelled = default_unlabelled if unlabelled is None else unlabelled
     if kind == "ap10k":
         cats = [
             {"id": i + 1, "name": f"species_{i + 1}", "supercategory": f"family_{i % 10}",

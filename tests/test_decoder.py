@@ -282,6 +282,27 @@ def test_threshold_split_score():
     assert merged[0].score > max(s.score for s in split)
 
 
+@pytest.mark.parametrize("second_x", [160, 130])
+def test_threshold_join_fragments_rejoins_people_without_necks(second_x):
+    # no neck labelled: no PAF links shoulders to hips, so each person falls apart into head and
+    # arms (ears link to shoulders) and hips and legs; each piece must find its own person, also
+    # when the other person's pieces are nearly as close (second_x 130)
+    truth = np.stack(
+        [person(70, 110, seed=4, jitter=2), person(second_x, 105, 0.9, seed=5, jitter=2)]
+    )
+    truth[:, 17, 2] = 0
+    heat, paf = maps(truth)
+    apart = OpenPoseDecoder(COCO18, threshold_join_fragments=0)(heat, paf, output_scale=[224, 224])
+    assert sorted(s.num_parts for s in apart) == [6, 6, 11, 11]
+    for decoder in (OpenPoseDecoder(COCO18), ReferenceDecoder(COCO18)):
+        joined = decoder(heat, paf, output_scale=[224, 224])
+        assert len(joined) == 2
+        matched = match(joined, truth)
+        assert matched[0][0] is not matched[1][0]
+        for s, err in matched:
+            assert s.num_parts == 17 and err < 0.05
+
+
 def test_threshold_part_counter_on_people():
     truth = person(112, 110, jitter=2)[None].copy()
     truth[0, [0, 1, 2, 3, 4, 7, 8, 9, 10, 13, 14, 15, 16], 2] = 0  # 5 parts: neck, shoulders, hips

@@ -26,11 +26,12 @@ from tests._foreign import KINDS, category_of, make_file
 REPO = Path(__file__).resolve().parent.parent
 AUTO = {"name": "auto", "connect": "auto"}
 
-# Oracle AP floors with connect=auto. Files whose objects are fully labelled decode perfectly;
-# where parts are unlabelled (v=0: field and crowd pictures) a tree skeleton can fall apart at the
-# missing part (measured: ap10k 0.92, horse 0.98, crowdpose 0.96). connect=redundant adds a second
-# spanning tree and scores 1.0 on all seven.
-AP_FLOOR = dict.fromkeys(KINDS, 0.95) | {"ap10k": 0.9}
+# Oracle AP floor with connect=auto. Where parts are unlabelled (v=0: field and crowd pictures)
+# a tree skeleton falls apart at the missing part and the decoder's step 6b joins the pieces
+# (measured on 40-image files, seeds 0-2: 0.998-1.0 on all seven kinds; with 15% of the parts
+# unlabelled 0.94-1.0, where the ratio-test join of before scored 0.46-0.92). connect=redundant
+# adds a second spanning tree.
+AP_FLOOR = 0.95
 
 
 def write(tmp_path: Path, kind: str, **kw) -> Path:
@@ -59,13 +60,25 @@ def oracle_cfg(path: Path, out: Path, **over) -> dict:
 def test_oracle_ap_with_topology_auto(kind, tmp_path, capsys):
     path = write(tmp_path, kind)
     out = eval_run(oracle_cfg(path, tmp_path / "out"))
-    assert out["stats"]["AP"] >= AP_FLOOR[kind], out["stats"]
+    assert out["stats"]["AP"] >= AP_FLOOR, out["stats"]
     redundant = {"name": "auto", "connect": "redundant"}
     robust = eval_run(oracle_cfg(path, tmp_path / "r", topology=redundant))
     assert robust["stats"]["AP"] >= max(0.95, out["stats"]["AP"]), robust["stats"]
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     names, _ = category_of(kind)
     assert list(stats["sigmas"]) == names and stats["stats"]["AP"] == out["stats"]["AP"]
+
+
+@pytest.mark.parametrize("kind", ["ap10k", "crowdpose"])
+def test_oracle_ap_when_many_parts_are_unlabelled(kind, tmp_path):
+    # 15% of the parts unlabelled: most objects lose a linking part and fall apart (with
+    # threshold_join_fragments=0 the AP drops to about 0.6); step 6b must put them together again
+    path = tmp_path / f"{kind}.json"
+    path.write_text(json.dumps(make_file(kind, unlabelled=0.15)))
+    out = eval_run(oracle_cfg(path, tmp_path / "out"))
+    assert out["stats"]["AP"] >= 0.93, out["stats"]
+    apart = eval_run(oracle_cfg(path, tmp_path / "apart", decoder={"threshold_join_fragments": 0}))
+    assert apart["stats"]["AP"] < out["stats"]["AP"] - 0.2, apart["stats"]
 
 
 def test_skeletons_in_pieces_are_refused_or_joined(tmp_path, caplog):

@@ -22,7 +22,7 @@ import numpy as np
 from numba import njit
 
 from inference.decoder.base import Decoded, DecoderBase, Skeleton, as_scale
-from inference.decoder.reference import JOIN_RATIO, NO_PATH, TINY, graph_hops
+from inference.decoder.reference import NO_PATH, TINY, graph_hops
 
 _JIT = {"cache": True, "nogil": True}
 
@@ -349,80 +349,69 @@ def _limb_scale(t, xy, edges):
 
 
 @njit(**_JIT)
-def _fmax(a, b):
-    return b if math.isnan(a) else a if math.isnan(b) else max(a, b)
+def _fmin(a, b):
+    return b if math.isnan(a) else a if math.isnan(b) else min(a, b)
 
 
 @njit(**_JIT)
-def _join_pairs(table, xy, edges, hops, threshold):
-    """The (q, i, j) candidate pairs of step 6b, in (i, j) order."""
+def _join_gap(ti, tj, si, sj, image, xy, hops):
+    """Step 6b's gap of two objects (see ``reference._join_gap``)."""
+    if _overlap(ti, tj):
+        return math.inf
+    s = _fmin(si, sj)
+    s = image if math.isnan(s) else s
+    if math.isnan(s) or s <= 0:
+        return math.inf
+    q = math.inf
+    kk = ti.size
+    for ka in range(kk):
+        if ti[ka] < 0:
+            continue
+        for kb in range(kk):
+            if tj[kb] >= 0 and hops[ka, kb] < NO_PATH:
+                dx = xy[tj[kb], 0] - xy[ti[ka], 0]
+                dy = xy[tj[kb], 1] - xy[ti[ka], 1]
+                q = min(q, math.sqrt(dx * dx + dy * dy) / hops[ka, kb] / s)
+    return q
+
+
+@njit(**_JIT)
+def _step6b_join_fragments(table, edge_sum, xy, edges, hops, threshold):
     n, kk = table.shape
+    if threshold <= 0 or n < 2:
+        return table, edge_sum
+    table, edge_sum = table.copy(), edge_sum.copy()
     limb = np.empty(n)
     for o in range(n):
         limb[o] = _limb_scale(table[o], xy, edges)
     fin = limb[np.isfinite(limb)]
     image = np.median(fin) if fin.size else math.nan
-    qs, ii, jj = [0.0][:0], [0][:0], [0][:0]
+    q = np.full((n, n), math.inf)  # gaps of pairs i < j
     for i in range(n):
         for j in range(i + 1, n):
-            if _overlap(table[i], table[j]):
-                continue
-            s = _fmax(limb[i], limb[j])
-            s = image if math.isnan(s) else s
-            if math.isnan(s) or s <= 0:
-                continue
-            q = math.inf
-            for ka in range(kk):
-                if table[i, ka] < 0:
-                    continue
-                for kb in range(kk):
-                    if table[j, kb] >= 0 and hops[ka, kb] < NO_PATH:
-                        dx = xy[table[j, kb], 0] - xy[table[i, ka], 0]
-                        dy = xy[table[j, kb], 1] - xy[table[i, ka], 1]
-                        q = min(q, math.sqrt(dx * dx + dy * dy) / hops[ka, kb] / s)
-            if q <= threshold:
-                qs.append(q)
-                ii.append(i)
-                jj.append(j)
-    return np.array(qs), np.array(ii, np.int64), np.array(jj, np.int64)
-
-
-@njit(**_JIT)
-def _step6b_join_fragments(table, edge_sum, xy, edges, hops, threshold, ratio):
-    n, kk = table.shape
-    if threshold <= 0 or n < 2:
-        return table, edge_sum
-    qs, ii, jj = _join_pairs(table, xy, edges, hops, threshold)
-    order = np.argsort(qs, kind="mergesort")
-    nparts = (table >= 0).sum(1)
-    # each object's two closest partners: (q, pair) of the best, q of the second
-    best, best_p, second = np.full(n, math.inf), np.full(n, -1), np.full(n, math.inf)
-    for p in range(qs.size):
-        for o in (ii[p], jj[p]):
-            if qs[p] < best[o]:
-                best[o], best_p[o], second[o] = qs[p], p, best[o]
-            elif qs[p] < second[o]:
-                second[o] = qs[p]
-    group = np.arange(n)
-    table, edge_sum = table.copy(), edge_sum.copy()
-    for p in order:
-        q, i, j = qs[p], ii[p], jj[p]
-        small = i if nparts[i] < nparts[j] else j
-        other = second[small] if best_p[small] == p else best[small]
-        if other < ratio * q:
-            continue
-        gi, gj = group[i], group[j]
-        if gi == gj or _overlap(table[gi], table[gj]):
-            continue
+            q[i, j] = _join_gap(table[i], table[j], limb[i], limb[j], image, xy, hops)
+    alive = np.ones(n, np.bool_)
+    while True:
+        best, bi, bj = math.inf, -1, -1
+        for i in range(n):  # the first smallest gap in (i, j) order
+            for j in range(i + 1, n):
+                if q[i, j] < best:
+                    best, bi, bj = q[i, j], i, j
+        if not best <= threshold:
+            break
         for k in range(kk):
-            if table[gj, k] >= 0:
-                table[gi, k] = table[gj, k]
-            table[gj, k] = -1
-        edge_sum[gi] += edge_sum[gj]
-        for o in range(n):
-            if group[o] == gj:
-                group[o] = gi
-    alive = group == np.arange(n)
+            if table[bj, k] >= 0:
+                table[bi, k] = table[bj, k]
+            table[bj, k] = -1
+        edge_sum[bi] += edge_sum[bj]
+        alive[bj] = False
+        for m in range(n):
+            q[bj, m] = q[m, bj] = math.inf
+        limb[bi] = _limb_scale(table[bi], xy, edges)
+        for m in range(n):
+            if alive[m] and m != bi:
+                a, b = min(bi, m), max(bi, m)
+                q[a, b] = _join_gap(table[a], table[b], limb[a], limb[b], image, xy, hops)
     return table[alive], edge_sum[alive]
 
 
@@ -468,7 +457,7 @@ def _keypoints(objects, xy, score, fx, fy):
 @njit(**_JIT)
 def _decode_all(heat, paf, mp, use_mp, edges, edges_paf, hops, fparams, iparams, fx, fy):
     """The whole decode. ``fparams``: threshold_heatmap, threshold_edge_score,
-    threshold_split_score, threshold_object_score, threshold_join_fragments, join ratio;
+    threshold_split_score, threshold_object_score, threshold_join_fragments;
     ``iparams``: maxpool_kernel, max_peaks_per_part, refine (0/1), centroid (0/1),
     edge_sampling_steps, threshold_edge_sampling_counter, threshold_part_counter, max_objects."""
     kk = heat.shape[0]
@@ -481,9 +470,7 @@ def _decode_all(heat, paf, mp, use_mp, edges, edges_paf, hops, fparams, iparams,
     )
     table, edge_sum, accepted = _step5_match(part, cscore, edge, a, b, ok, kk, ne)
     table, edge_sum = _step6_merge_split(table, edge_sum, score, xy, fparams[2])
-    table, edge_sum = _step6b_join_fragments(
-        table, edge_sum, xy, edges, hops, fparams[4], fparams[5]
-    )
+    table, edge_sum = _step6b_join_fragments(table, edge_sum, xy, edges, hops, fparams[4])
     objects, oscore = _step5_filter(table, edge_sum, score, ne, iparams[6], fparams[3], iparams[7])
     kp = _keypoints(objects, xy, score, fx, fy)
     return (part, row, col, score, xy, edge, a, b, cscore, count, ok, accepted, objects, oscore), kp
@@ -516,7 +503,6 @@ class OpenPoseDecoder(DecoderBase):
                 self.threshold_split_score,
                 self.threshold_object_score,
                 self.threshold_join_fragments,
-                JOIN_RATIO,
             ]
         )
         self._iparams = np.array(

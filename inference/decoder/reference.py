@@ -26,6 +26,9 @@ is one function named after the Isaac step it implements, with Isaac's parameter
    unless they would then hold two peaks of one part.
 6. Merging split graphs: objects whose common parts all lie within ``threshold_split_score``
    map pixels are one object seen twice; they merge, keeping the stronger peak of each part.
+6b. Joining fragments (beyond Isaac): part-disjoint objects that no PAF links, pieces of one
+   object whose linking parts are not seen, are joined closest pair first while their gap (in
+   limb lengths per topology edge between them) is at most ``threshold_join_fragments``.
 5b. Filters: objects need more than ``threshold_part_counter`` parts and a score of at least
    ``threshold_object_score``; the score is (sum of part confidences + sum of edge scores) /
    (K + E), 1.0 for a complete object seen with full confidence. The ``max_objects`` best
@@ -45,8 +48,7 @@ import numpy as np
 from inference.decoder.base import Decoded, DecoderBase
 
 TINY = 1e-12  # log floor of the refinement; below it a value is "no signal"
-NO_PATH = 1 << 20
-JOIN_RATIO = 1.5  # step 6b: a fragment's second-closest partner must be this much further  # graph_hops between parts that no path of edges joins
+NO_PATH = 1 << 20  # graph_hops between parts that no path of edges joins
 
 
 def step1_nms(heat: np.ndarray, kernel: int, maxpool: np.ndarray | None) -> np.ndarray:
@@ -295,65 +297,65 @@ def _limb_scale(t: np.ndarray, xy: np.ndarray, edges: np.ndarray) -> float:
     return total / n if n else math.nan
 
 
-def _fmax(a: float, b: float) -> float:
-    """max that ignores NaN (NaN only if both are)."""
-    return b if math.isnan(a) else a if math.isnan(b) else max(a, b)
+def _fmin(a: float, b: float) -> float:
+    """min that ignores NaN (NaN only if both are)."""
+    return b if math.isnan(a) else a if math.isnan(b) else min(a, b)
 
 
-def step6b_join_fragments(table, edge_sum, xy, edges, hops, threshold: float, ratio: float):
+def _join_gap(ti, tj, si: float, sj: float, image: float, xy, hops) -> float:
+    """How far apart two objects are for step 6b: the smallest distance / (edges on the
+    topology path) over pairs of their parts, in limb scales (inf: a common part, no path)."""
+    if ((ti >= 0) & (tj >= 0)).any():
+        return math.inf
+    s = _fmin(si, sj)  # the smaller mean limb: a large object does not pull in far pieces
+    s = image if math.isnan(s) else s
+    if math.isnan(s) or s <= 0:
+        return math.inf
+    q = math.inf
+    for ka in np.flatnonzero(ti >= 0).tolist():
+        for kb in np.flatnonzero(tj >= 0).tolist():
+            if hops[ka, kb] < NO_PATH:
+                d = xy[tj[kb]] - xy[ti[ka]]
+                q = min(q, math.sqrt(d[0] * d[0] + d[1] * d[1]) / hops[ka, kb] / s)
+    return q
+
+
+def step6b_join_fragments(table, edge_sum, xy, edges, hops, threshold: float):
     """Join fragments that no PAF links: pieces of one object whose linking parts are not
     seen (e.g. a person without a neck falls apart into head, arms and legs).
 
-    Two objects with no part in common are joined when, for the closest pair of their parts,
-    distance / (edges on the topology path between the two parts) is at most ``threshold``
-    times their limb scale (the longer mean limb of the two; else the image's median), and
-    the smaller object has no other such partner within ``ratio`` times that distance (an
-    ambiguous fragment in a crowd stays alone). Pairs are joined closest first.
+    Two objects with no part in common are ``q`` apart (``_join_gap``): the distance of their
+    closest parts per topology edge between them, in units of the smaller of their limb
+    scales (an object's mean limb length; for two objects without limbs, the image's median).
+    The closest pair of objects is joined while ``q <= threshold``, then the joined object's
+    gaps to the others are measured again (its parts and scale changed): pieces of one object
+    find each other closest first, and a piece between two objects goes to the closer one.
+    Ties: the pair first in (i, j) order. The joined object takes the lower index.
     """
     n = len(table)
     if threshold <= 0 or n < 2:
         return table, edge_sum
+    table, edge_sum = table.copy(), edge_sum.copy()
     limb = np.array([_limb_scale(t, xy, edges) for t in table])
     image = float(np.median(limb[np.isfinite(limb)])) if np.isfinite(limb).any() else math.nan
-    pairs = []  # (q, i, j): q = closest hop-normalised gap in limb scales
+    q = np.full((n, n), math.inf)  # gaps of pairs i < j; inf below the diagonal
     for i in range(n):
         for j in range(i + 1, n):
-            ti, tj = table[i], table[j]
-            if ((ti >= 0) & (tj >= 0)).any():
-                continue
-            s = _fmax(limb[i], limb[j])  # the longer mean limb; the image's if neither has one
-            s = image if math.isnan(s) else s
-            if math.isnan(s) or s <= 0:
-                continue
-            q = math.inf
-            for ka in np.flatnonzero(ti >= 0).tolist():
-                for kb in np.flatnonzero(tj >= 0).tolist():
-                    if hops[ka, kb] < NO_PATH:
-                        d = xy[tj[kb]] - xy[ti[ka]]
-                        q = min(q, math.sqrt(d[0] * d[0] + d[1] * d[1]) / hops[ka, kb] / s)
-            if q <= threshold:
-                pairs.append((q, i, j))
-    pairs.sort()
-    nparts = (table >= 0).sum(1)
-    group = np.arange(n)  # object each original object now belongs to
-    table, edge_sum = table.copy(), edge_sum.copy()
-    partners: dict[int, list[tuple[float, int]]] = {}  # object -> its (q, pair) sorted
-    for p, (q, i, j) in enumerate(pairs):
-        partners.setdefault(i, []).append((q, p))
-        partners.setdefault(j, []).append((q, p))
-    for p, (q, i, j) in enumerate(pairs):
-        small = i if nparts[i] < nparts[j] else j
-        others = [q2 for q2, p2 in partners[small] if p2 != p]
-        if others and min(others) < ratio * q:
-            continue  # the fragment has another partner about as close
-        gi, gj = group[i], group[j]
-        if gi == gj or ((table[gi] >= 0) & (table[gj] >= 0)).any():
-            continue
-        table[gi] = np.where(table[gj] >= 0, table[gj], table[gi])
-        table[gj] = -1
-        edge_sum[gi] += edge_sum[gj]
-        group[group == gj] = gi
-    alive = group == np.arange(n)
+            q[i, j] = _join_gap(table[i], table[j], limb[i], limb[j], image, xy, hops)
+    while True:
+        i, j = np.unravel_index(int(np.argmin(q)), q.shape)  # first minimum in (i, j) order
+        if not q[i, j] <= threshold:
+            break
+        table[i] = np.where(table[j] >= 0, table[j], table[i])
+        table[j] = -1
+        edge_sum[i] += edge_sum[j]
+        q[j, :] = q[:, j] = math.inf
+        limb[i] = _limb_scale(table[i], xy, edges)
+        for m in np.flatnonzero((table >= 0).any(1)).tolist():
+            if m != i:
+                a, b = min(i, m), max(i, m)
+                q[a, b] = _join_gap(table[a], table[b], limb[a], limb[b], image, xy, hops)
+    alive = (table >= 0).any(1)
     return table[alive], edge_sum[alive]
 
 
@@ -399,7 +401,7 @@ class ReferenceDecoder(DecoderBase):
         table, edge_sum, accepted = step5_match(part, cscore, edge, a, b, ok, k, e)
         table, edge_sum = step6_merge_split(table, edge_sum, score, xy, self.threshold_split_score)
         table, edge_sum = step6b_join_fragments(
-            table, edge_sum, xy, self.edges, self.hops, self.threshold_join_fragments, JOIN_RATIO
+            table, edge_sum, xy, self.edges, self.hops, self.threshold_join_fragments
         )
         objects, oscore = step5_filter(table, edge_sum, score, e, self)
         return Decoded(
