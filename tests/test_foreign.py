@@ -29,7 +29,7 @@ AUTO = {"name": "auto", "connect": "auto"}
 # Oracle AP floor with connect=auto. Where parts are unlabelled (v=0: field and crowd pictures)
 # a tree skeleton falls apart at the missing part and the decoder's step 6b joins the pieces
 # (measured on 40-image files, seeds 0-2: 0.998-1.0 on all seven kinds; with 15% of the parts
-# unlabelled 0.94-1.0, where the ratio-test join of before scored 0.46-0.92). connect=redundant
+# unlabelled 0.97-1.0, where the ratio-test join of before scored 0.46-0.92). connect=redundant
 # adds a second spanning tree.
 AP_FLOOR = 0.95
 

@@ -368,7 +368,11 @@ def _join_gap(ti, tj, si, sj, image, xy, hops):
         if ti[ka] < 0:
             continue
         for kb in range(kk):
-            if tj[kb] >= 0 and hops[ka, kb] < NO_PATH:
+            if tj[kb] < 0:
+                continue
+            if hops[ka, kb] == 1:  # a limb the PAF did not take
+                return math.inf
+            if hops[ka, kb] < NO_PATH:
                 dx = xy[tj[kb], 0] - xy[ti[ka], 0]
                 dy = xy[tj[kb], 1] - xy[ti[ka], 1]
                 q = min(q, math.sqrt(dx * dx + dy * dy) / hops[ka, kb] / s)

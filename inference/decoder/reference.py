@@ -304,7 +304,9 @@ def _fmin(a: float, b: float) -> float:
 
 def _join_gap(ti, tj, si: float, sj: float, image: float, xy, hops) -> float:
     """How far apart two objects are for step 6b: the smallest distance / (edges on the
-    topology path) over pairs of their parts, in limb scales (inf: a common part, no path)."""
+    topology path) over pairs of their parts, in limb scales. inf: a common part, no path, or
+    an edge of the topology between a part of each: step 4 scored that limb and step 5 did not
+    take it, so the PAF says they are apart."""
     if ((ti >= 0) & (tj >= 0)).any():
         return math.inf
     s = _fmin(si, sj)  # the smaller mean limb: a large object does not pull in far pieces
@@ -314,6 +316,8 @@ def _join_gap(ti, tj, si: float, sj: float, image: float, xy, hops) -> float:
     q = math.inf
     for ka in np.flatnonzero(ti >= 0).tolist():
         for kb in np.flatnonzero(tj >= 0).tolist():
+            if hops[ka, kb] == 1:
+                return math.inf
             if hops[ka, kb] < NO_PATH:
                 d = xy[tj[kb]] - xy[ti[ka]]
                 q = min(q, math.sqrt(d[0] * d[0] + d[1] * d[1]) / hops[ka, kb] / s)
@@ -324,7 +328,8 @@ def step6b_join_fragments(table, edge_sum, xy, edges, hops, threshold: float):
     """Join fragments that no PAF links: pieces of one object whose linking parts are not
     seen (e.g. a person without a neck falls apart into head, arms and legs).
 
-    Two objects with no part in common are ``q`` apart (``_join_gap``): the distance of their
+    Two objects with no part in common and no topology edge between their parts (the PAF
+    already said no to that limb) are ``q`` apart (``_join_gap``): the distance of their
     closest parts per topology edge between them, in units of the smaller of their limb
     scales (an object's mean limb length; for two objects without limbs, the image's median).
     The closest pair of objects is joined while ``q <= threshold``, then the joined object's
