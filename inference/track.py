@@ -145,46 +145,67 @@ class OneEuro:
 
 
 @njit(cache=True, nogil=True)
-def _oks_kernel(poses, dets, scale2, gate, out):  # pragma: no cover - compiled
-    """``oks_matrix`` of (N, K, 2) poses and (M, K, 2) detections into ``out`` (N, M) in one
-    compiled pass: the tracker's per-frame cost (numpy's ~30 small calls cost more than the
-    arithmetic); tested against ``oks_matrix`` and a per-pair loop."""
+def _oks_kernel(poses, dets, inv_scale2, gate, out):  # pragma: no cover - compiled
+    """``oks_matrix`` of (N, K, 2) poses and (M, K, 2+) detections into ``out`` (N, M) in one
+    compiled pass, pairs whose OKS is below ``gate`` set to 0 (the tracker's candidates: gate
+    = min_oks); ``inv_scale2`` (K,): 1 / (2 (2 sigma)^2) per part. Tested against a per-pair
+    loop and ``oks_matrix``.
+
+    Most pairs are left out without one exp: by the gap between the boxes (as ``oks_matrix``),
+    then by the pair's closest part, since the mean of the parts' terms is at most the largest
+    (objects whose boxes overlap, as in a crossing, pass the first test and fail the second)."""
     n, m, k = poses.shape[0], dets.shape[0], poses.shape[1]
-    scale_max = scale2.max()
-    pbox = np.empty((n, 4))
-    dbox = np.empty((m, 4))
-    for boxes, arr, count in ((pbox, poses, n), (dbox, dets, m)):
-        for i in range(count):
-            x0 = y0 = np.inf
-            x1 = y1 = -np.inf
-            for p in range(k):
-                x, y = arr[i, p, 0], arr[i, p, 1]
-                if x == x:  # not NaN
-                    x0, x1 = min(x0, x), max(x1, x)
-                if y == y:
-                    y0, y1 = min(y0, y), max(y1, y)
-            boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3] = x0, y0, x1, y1
+    reach = -math.log(gate)  # a part's term exp(-a) reaches the gate iff a <= reach
+    boxes = np.empty((n + m, 4))  # the poses', then the detections'
+    _boxes_into(poses, boxes[:n])
+    _boxes_into(dets, boxes[n:])
     for i in range(n):
-        area = (pbox[i, 2] - pbox[i, 0]) * (pbox[i, 3] - pbox[i, 1])
-        s2 = max(area if np.isfinite(area) else 0.0, MIN_AREA)
+        area = (boxes[i, 2] - boxes[i, 0]) * (boxes[i, 3] - boxes[i, 1])
+        inv_s2 = 1.0 / max(area if np.isfinite(area) else 0.0, MIN_AREA)
+        gap_reach = reach / (inv_scale2.min() * inv_s2)  # the part with the largest sigma
         for j in range(m):
             out[i, j] = 0.0
-            if not np.isfinite(pbox[i, 0] + pbox[i, 1] + dbox[j, 0] + dbox[j, 1]):
+            db = boxes[n + j]
+            if not np.isfinite(boxes[i, 0] + boxes[i, 1] + db[0] + db[1]):
                 continue  # a pose without parts (its box is empty): gap inf, OKS 0
-            gx = max(0.0, max(dbox[j, 0] - pbox[i, 2], pbox[i, 0] - dbox[j, 2]))
-            gy = max(0.0, max(dbox[j, 1] - pbox[i, 3], pbox[i, 1] - dbox[j, 3]))
-            gap = math.hypot(gx, gy)
-            if math.exp(-(gap * gap) / (scale_max * s2)) < gate:
+            gx = max(0.0, max(db[0] - boxes[i, 2], boxes[i, 0] - db[2]))
+            gy = max(0.0, max(db[1] - boxes[i, 3], boxes[i, 1] - db[3]))
+            if gx * gx + gy * gy > gap_reach:
+                continue
+            closest = np.inf
+            for p in range(k):
+                dx = poses[i, p, 0] - dets[j, p, 0]
+                dy = poses[i, p, 1] - dets[j, p, 1]
+                a = (dx * dx + dy * dy) * inv_scale2[p] * inv_s2
+                if a < closest:  # False for a part missing on either side (NaN)
+                    closest = a
+            if not closest <= reach:
                 continue
             total, shared = 0.0, 0
             for p in range(k):
                 dx = poses[i, p, 0] - dets[j, p, 0]
                 dy = poses[i, p, 1] - dets[j, p, 1]
-                d2 = dx * dx + dy * dy
-                if np.isfinite(d2):
-                    total += math.exp(-d2 / (scale2[p] * s2))
+                a = (dx * dx + dy * dy) * inv_scale2[p] * inv_s2
+                if np.isfinite(a):
+                    total += math.exp(-a)
                     shared += 1
-            out[i, j] = total / shared if shared > 0 else 0.0
+            oks = total / shared
+            out[i, j] = oks if oks >= gate else 0.0
+
+
+@njit(cache=True, nogil=True)
+def _boxes_into(poses, boxes):  # pragma: no cover - compiled
+    """``_boxes`` of (N, K, 2+) poses into ``boxes`` (N, 4) (inf, -inf for a pose without parts)."""
+    for i in range(poses.shape[0]):
+        x0 = y0 = np.inf
+        x1 = y1 = -np.inf
+        for p in range(poses.shape[1]):
+            x, y = poses[i, p, 0], poses[i, p, 1]
+            if x == x:  # not NaN
+                x0, x1 = min(x0, x), max(x1, x)
+            if y == y:
+                y0, y1 = min(y0, y), max(y1, y)
+        boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3] = x0, y0, x1, y1
 
 
 # The tracker's state, one row per live track in order of creation (the order the assignment
@@ -197,37 +218,50 @@ def _oks_kernel(poses, dets, scale2, gate, out):  # pragma: no cover - compiled
 XY, SEEN, FILT, FILT_SPEED = range(4)
 FILT_TIME = 2
 ID, LAST, HITS = range(3)
-# count (5,): live tracks, next id, the rows and columns of a matrix left to the Hungarian
-# algorithm, assignment rounds that had a matrix to solve
-LIVE, NEXT_ID, PENDING_ROWS, PENDING_COLS, ROUNDS = range(5)
-# params: the tracker's settings, as the kernel reads them
-MIN_OKS, MOMENTUM, MAX_AGE, SMOOTH, FPS, MIN_CUTOFF, BETA, D_CUTOFF = range(8)
+# count (6,): live tracks, next id, frames seen, assignment rounds that had a matrix to solve,
+# the tracks and skeletons of a matrix left to the Hungarian algorithm
+LIVE, NEXT_ID, FRAMES, ROUNDS, PENDING_ROWS, PENDING_COLS = range(6)
+# idx (4, N): each skeleton's track id (0: none) and track row (-1: none), this round's track rows
+# and skeletons (the rows and columns of its OKS matrix)
+DET_ID, DET_ROW, ROUND_TRACK, ROUND_SKEL = range(4)
+# params (8 + K,): the tracker's settings, as the kernel reads them, then per part the inverse of
+# the OKS denominator over s^2: 1 / (2 (2 sigma)^2)
+MIN_OKS, MOMENTUM, MAX_AGE, SMOOTH, FPS, MIN_CUTOFF, BETA, D_CUTOFF, INV_SCALE2 = range(9)
+_NO_PAIRS = np.zeros((2, 0), np.int64)  # phase 0: no Hungarian pairs yet
 
 
 @njit(cache=True, nogil=True)
 def _track_frame(
-    pos, vel, tint, count, params, scale2, dets, frame, det, oks, idx, phase, pairs
+    pos, vel, tint, count, params, dets, frame, idx, oks
 ):  # pragma: no cover - compiled; tested against tests/_track_reference.py
-    """One frame of ``Tracker``: drop, the two assignment rounds, births, One Euro.
+    """One frame of ``Tracker`` on ``dets`` (M, K, 2+): drop, the two assignment rounds,
+    births, One Euro; each skeleton's track id ends in ``idx[DET_ID, :M]``. Returns 0 when the
+    frame is done, -1 when the arrays need room for M more tracks, or the round (1, 2) whose
+    OKS matrix is not a set of stars (``_star_pairs``), left in
+    ``oks[:count[PENDING_ROWS], :count[PENDING_COLS]]`` for the caller's Hungarian algorithm;
+    then the caller goes on with ``_resume_frame``."""
+    return _resume_frame(pos, vel, tint, count, params, dets, frame, idx, oks, 0, _NO_PAIRS)
 
-    ``dets`` (M, K, 2+): this frame's skeletons; ``det`` (2, M+): out, each skeleton's track id
-    (0: none) and track row. A round whose OKS matrix is a set of stars (see ``_star_pairs``)
-    is assigned here; otherwise the kernel returns the round (1 or 2), its matrix left in
-    ``oks[:count[PENDING_ROWS], :count[PENDING_COLS]]`` (track rows ``idx[0]``, skeletons
-    ``idx[1]``): the caller runs the Hungarian algorithm on it and calls again with ``phase`` =
-    that round and its (2, P) ``pairs``. Returns 0 when the frame is done."""
+
+@njit(cache=True, nogil=True)
+def _resume_frame(
+    pos, vel, tint, count, params, dets, frame, idx, oks, phase, pairs
+):  # pragma: no cover - compiled
+    """``_track_frame`` from ``phase``: 0 (or -1, after growing the arrays) from the start, 1
+    or 2 from that round, with the Hungarian algorithm's (2, P) ``pairs`` of its matrix."""
     m = dets.shape[0]
-    if phase == 0:
+    if phase <= 0:
         _drop_tracks(pos, vel, tint, count, frame, params[MAX_AGE])
-        det[0, :m] = 0
-        det[1, :m] = -1
+        if count[LIVE] + m > tint.shape[0] or m > oks.shape[1]:  # births need a row each
+            return -1
+        count[FRAMES] += 1
+        idx[DET_ID, :m] = 0
+        idx[DET_ROW, :m] = -1
     for rnd in range(max(phase, 1), 3):
         if rnd == phase:  # the caller's Hungarian pairs for this round
-            _apply_pairs(pos, vel, tint, params, dets, frame, det, oks, idx, pairs)
+            _apply_pairs(pos, vel, tint, params, dets, frame, oks, idx, pairs)
             continue
-        nr, nc = _round_matrix(
-            pos, vel, tint, count, params, scale2, dets, frame, det, oks, idx, rnd
-        )
+        nr, nc = _round_matrix(pos, vel, tint, count, params, dets, frame, oks, idx, rnd)
         if nr == 0 or nc == 0:
             continue
         count[ROUNDS] += 1
@@ -236,10 +270,10 @@ def _track_frame(
         if n_pairs < 0:
             count[PENDING_ROWS], count[PENDING_COLS] = nr, nc
             return rnd
-        _apply_pairs(pos, vel, tint, params, dets, frame, det, oks, idx, stars[:, :n_pairs])
-    _start_tracks(pos, vel, tint, count, dets, frame, det)
+        _apply_pairs(pos, vel, tint, params, dets, frame, oks, idx, stars[:, :n_pairs])
+    _start_tracks(pos, vel, tint, count, dets, frame, idx)
     if params[SMOOTH] != 0.0:
-        _smooth(pos, vel, params, dets, frame, det)
+        _smooth(pos, vel, params, dets, frame, idx)
     return 0
 
 
@@ -261,30 +295,30 @@ def _drop_tracks(pos, vel, tint, count, frame, max_age):  # pragma: no cover - c
 
 @njit(cache=True, nogil=True)
 def _round_matrix(
-    pos, vel, tint, count, params, scale2, dets, frame, det, oks, idx, rnd
+    pos, vel, tint, count, params, dets, frame, oks, idx, rnd
 ):  # pragma: no cover - compiled
-    """The OKS matrix of one round between the skeletons not matched yet (``idx[1]``) and the
-    tracks not updated this frame (``idx[0]``): round 1 at the tracks' constant-velocity
+    """The OKS matrix of one round between the skeletons not matched yet (``idx[ROUND_SKEL]``)
+    and the tracks not updated this frame (``idx[ROUND_TRACK]``): round 1 at the tracks' constant-velocity
     predictions, round 2 at their last *seen* positions, for the tracks that missed earlier
     frames only (one seen in the previous frame was offered its prediction already). Pairs
     below min_oks are set to 0: they are no candidates, so they cannot sway the assignment.
     Returns the numbers of tracks and skeletons in the matrix."""
     nc = 0
     for j in range(dets.shape[0]):
-        if det[0, j] == 0:
-            idx[1, nc] = j
+        if idx[DET_ID, j] == 0:
+            idx[ROUND_SKEL, nc] = j
             nc += 1
     nr = 0
     for r in range(count[LIVE]):
         if frame - tint[r, LAST] > (0 if rnd == 1 else 1):
-            idx[0, nr] = r
+            idx[ROUND_TRACK, nr] = r
             nr += 1
     if nr == 0 or nc == 0:
         return nr, nc
     k = dets.shape[1]
     poses = np.empty((nr, k, 2))
     for i in range(nr):
-        r = idx[0, i]
+        r = idx[ROUND_TRACK, i]
         age = float(frame - tint[r, LAST])
         for p in range(k):
             for c in range(2):
@@ -292,15 +326,13 @@ def _round_matrix(
                     poses[i, p, c] = pos[r, XY, p, c] + vel[r, c] * age
                 else:
                     poses[i, p, c] = pos[r, SEEN, p, c]
+    if nc == dets.shape[0]:  # all skeletons (round 1): no copy
+        _oks_kernel(poses, dets, params[INV_SCALE2:], params[MIN_OKS], oks[:nr, :nc])
+        return nr, nc
     free = np.empty((nc, k, 2))
     for q in range(nc):
-        free[q] = dets[idx[1, q], :, :2]
-    min_oks = params[MIN_OKS]
-    _oks_kernel(poses, free, scale2, min_oks, oks[:nr, :nc])
-    for i in range(nr):  # pairs below min_oks are no candidates: they take no part
-        for q in range(nc):
-            if oks[i, q] < min_oks:
-                oks[i, q] = 0.0
+        free[q] = dets[idx[ROUND_SKEL, q], :, :2]
+    _oks_kernel(poses, free, params[INV_SCALE2:], params[MIN_OKS], oks[:nr, :nc])
     return nr, nc
 
 
@@ -314,8 +346,8 @@ def _star_pairs(oks, pairs):  # pragma: no cover - compiled; tested against scip
     non-star group has an entry whose row and column both have two or more: that is the test.
     ``pairs`` (2, min(N, M)): out, the pairs' rows and columns; returns how many."""
     n, m = oks.shape
-    row_deg = np.zeros(n, np.int64)
-    col_deg = np.zeros(m, np.int64)
+    degrees = np.zeros(n + m, np.int64)
+    row_deg, col_deg = degrees[:n], degrees[n:]
     for i in range(n):
         for j in range(m):
             if oks[i, j] > 0.0:
@@ -346,17 +378,17 @@ def _star_pairs(oks, pairs):  # pragma: no cover - compiled; tested against scip
 
 
 @njit(cache=True, nogil=True)
-def _apply_pairs(pos, vel, tint, params, dets, frame, det, oks, idx, pairs):  # pragma: no cover
-    """Matches the assigned ``pairs`` (2, P) (indices into the round's tracks ``idx[0]`` and
-    skeletons ``idx[1]``) whose OKS reaches min_oks: the track moves to its skeleton, the
+def _apply_pairs(pos, vel, tint, params, dets, frame, oks, idx, pairs):  # pragma: no cover
+    """Matches the assigned ``pairs`` (2, P) (indices into the round's tracks and skeletons,
+    ``idx[ROUND_TRACK]`` and ``idx[ROUND_SKEL]``) whose OKS reaches min_oks: the track moves to its skeleton, the
     skeleton gets the track's id."""
     for q in range(pairs.shape[1]):
         i, c = pairs[0, q], pairs[1, q]
         if oks[i, c] >= params[MIN_OKS]:
-            r, j = idx[0, i], idx[1, c]
+            r, j = idx[ROUND_TRACK, i], idx[ROUND_SKEL, c]
             _move(pos, vel, tint, r, dets[j], frame, params[MOMENTUM])
-            det[0, j] = tint[r, ID]
-            det[1, j] = r
+            idx[DET_ID, j] = tint[r, ID]
+            idx[DET_ROW, j] = r
 
 
 @njit(cache=True, nogil=True)
@@ -389,12 +421,12 @@ def _move(pos, vel, tint, r, det, frame, momentum):  # pragma: no cover - compil
 
 
 @njit(cache=True, nogil=True)
-def _start_tracks(pos, vel, tint, count, dets, frame, det):  # pragma: no cover - compiled
+def _start_tracks(pos, vel, tint, count, dets, frame, idx):  # pragma: no cover - compiled
     """New tracks, in skeleton order, for the skeletons that matched none and have a part (the
     caller made room: capacity >= live tracks + skeletons); ids count up and are never reused."""
     k = dets.shape[1]
     for j in range(dets.shape[0]):
-        if det[0, j] != 0:
+        if idx[DET_ID, j] != 0:
             continue
         present = False
         for p in range(k):
@@ -407,17 +439,17 @@ def _start_tracks(pos, vel, tint, count, dets, frame, det):  # pragma: no cover 
         pos[r, SEEN] = dets[j, :, :2]
         vel[r, 0], vel[r, 1], vel[r, FILT_TIME] = 0.0, 0.0, np.nan
         tint[r, ID], tint[r, LAST], tint[r, HITS] = count[NEXT_ID], frame, 1
-        det[0, j], det[1, j] = count[NEXT_ID], r
+        idx[DET_ID, j], idx[DET_ROW, j] = count[NEXT_ID], r
         count[NEXT_ID] += 1
 
 
 @njit(cache=True, nogil=True)
-def _smooth(pos, vel, params, dets, frame, det):  # pragma: no cover - compiled; vs OneEuro
+def _smooth(pos, vel, params, dets, frame, idx):  # pragma: no cover - compiled; vs OneEuro
     """``OneEuro`` per tracked skeleton, its state in the track's FILT rows: the filtered
     keypoints are written into ``dets``. A new track (or time going backwards) restarts it."""
     t = frame / params[FPS]
     for j in range(dets.shape[0]):
-        r = det[1, j]
+        r = idx[DET_ROW, j]
         if r < 0:
             continue
         if not t > vel[r, FILT_TIME]:  # NaN: a new track
@@ -487,37 +519,35 @@ class Tracker:
             # 0 would match pairs with nothing in common (the assignment pairs every track)
             raise UsageError(f"tracker.min_oks={min_oks}: give an OKS in (0, 1], e.g. 0.3")
         self.sigmas = np.asarray(sigmas, dtype=np.float64)
-        self.scale2 = 2.0 * (2.0 * self.sigmas) ** 2  # OKS denominator per part, over s^2
+        self.k = len(self.sigmas)
         self.max_age = int(max_age)
         self.min_oks = float(min_oks)
         self.momentum = float(velocity_momentum)
         self.smooth, self.fps = bool(smooth), float(fps) if fps and fps > 0 else 30.0
-        self.params = np.zeros(8)
+        self.params = np.zeros(INV_SCALE2 + len(self.sigmas))
         self.params[[MIN_OKS, MOMENTUM, MAX_AGE, SMOOTH]] = (
             self.min_oks, self.momentum, self.max_age, self.smooth
         )  # fmt: skip
         self.params[[FPS, MIN_CUTOFF, BETA, D_CUTOFF]] = self.fps, min_cutoff, beta, 1.0
-        self.count = np.zeros(5, np.int64)
+        self.params[INV_SCALE2:] = 1.0 / (2.0 * (2.0 * self.sigmas) ** 2)
+        self.count = np.zeros(6, np.int64)
         self.count[NEXT_ID] = 1
         self.frame = -1
-        self.frames = self.hungarian_rounds = 0
+        self.hungarian_rounds = 0
         self._allocate(16, 16)
 
     def _allocate(self, tracks: int, skeletons: int) -> None:
         """(Re)allocates the track arrays for ``tracks`` rows (keeping the live ones) and the
         per-frame scratch for ``skeletons`` skeletons."""
         k, live = len(self.sigmas), int(self.count[LIVE])
-        pos, vel, tint = (
-            np.zeros((tracks, 4, k, 2)),
-            np.zeros((tracks, 3)),
-            np.zeros((tracks, 3), np.int64),
-        )
+        pos = np.zeros((tracks, 4, k, 2))
+        vel, tint = np.zeros((tracks, 3)), np.zeros((tracks, 3), np.int64)
         if live:
             pos[:live], vel[:live], tint[:live] = self.pos[:live], self.vel[:live], self.tint[:live]
         self.pos, self.vel, self.tint = pos, vel, tint
-        self.det = np.zeros((2, skeletons), np.int64)  # each skeleton's track id and row
         self.oks = np.zeros((tracks, skeletons))  # a round's matrix
-        self.idx = np.zeros((2, max(tracks, skeletons)), np.int64)  # its track rows, skeletons
+        self.idx = np.zeros((4, max(tracks, skeletons)), np.int64)
+        self.ids_out = self.idx[DET_ID]  # the frame's ids, a view
 
     @property
     def next_id(self) -> int:
@@ -528,8 +558,8 @@ class Tracker:
     def stats(self) -> dict[str, int]:
         """Frames seen, assignment rounds with a matrix, and rounds left to the Hungarian
         algorithm (the matrix was not a set of stars, see ``_star_pairs``)."""
-        rounds = int(self.count[ROUNDS])
-        return {"frames": self.frames, "rounds": rounds, "hungarian": self.hungarian_rounds}
+        frames, rounds = int(self.count[FRAMES]), int(self.count[ROUNDS])
+        return {"frames": frames, "rounds": rounds, "hungarian": self.hungarian_rounds}
 
     @property
     def tracks(self) -> list[Track]:
@@ -552,9 +582,10 @@ class Tracker:
             dets = np.array(keypoints, dtype=np.float64)  # (M, K, 2+)
         except ValueError:  # (K, 2) and (K, 3) arrays mixed
             dets = np.array([np.asarray(k, np.float64)[:, :2] for k in keypoints])
-        if dets.ndim != 3:  # no skeletons
-            dets = dets.reshape(len(keypoints), len(self.sigmas), 2)
-        ids = self.update_array(dets, frame)
+        if dets.ndim != 3 or dets.shape[1] != self.k or dets.shape[2] < 2:
+            dets = np.zeros((0, self.k, 2)) if len(keypoints) == 0 else dets
+            self._check(dets)
+        ids = self._run(dets, frame)
         if self.smooth:
             for kp, d, tid in zip(keypoints, dets, ids, strict=True):
                 if tid > 0:
@@ -564,26 +595,30 @@ class Tracker:
     def update_array(self, dets: np.ndarray, frame: int | None = None) -> np.ndarray:
         """``update`` for skeletons already stacked in one float64 (M, K, 2+) array (smoothed
         in place); returns the (M,) track ids."""
-        frame = self.frame + 1 if frame is None else int(frame)
-        self.frame = frame
-        self.frames += 1
-        m = len(dets)
-        if dets.ndim != 3 or dets.shape[1] != len(self.sigmas) or dets.dtype != np.float64:
-            raise ValueError(
-                f"skeletons {dets.shape} {dets.dtype}: need (M, {len(self.sigmas)}, 2+) float64"
-            )
-        live = int(self.count[LIVE])
-        if live + m > len(self.tint) or m > self.det.shape[1]:  # births need a row each
-            self._allocate(max(len(self.tint), 2 * (live + m)), max(self.det.shape[1], 2 * m))
-        args = (self.pos, self.vel, self.tint, self.count, self.params, self.scale2, dets, frame)
-        scratch = (self.det, self.oks, self.idx)
-        phase = _track_frame(*args, *scratch, 0, _NO_PAIRS)
-        while phase:  # a round the stars test could not settle: the Hungarian algorithm
-            self.hungarian_rounds += 1
-            oks = self.oks[: self.count[PENDING_ROWS], : self.count[PENDING_COLS]]
-            pairs = np.stack(linear_sum_assignment(-oks)).astype(np.int64)
-            phase = _track_frame(*args, *scratch, phase, pairs)
-        return self.det[0, :m].copy()
+        self._check(dets)
+        return self._run(dets, frame).copy()
 
+    def _check(self, dets: np.ndarray) -> None:
+        """Refuses skeletons of another topology (a programming error: the caller's arrays)."""
+        k = len(self.sigmas)
+        if dets.ndim != 3 or dets.shape[1] != k or dets.shape[2] < 2 or dets.dtype != np.float64:
+            raise ValueError(f"skeletons {dets.shape} {dets.dtype}: need (M, {k}, 2+) float64")
 
-_NO_PAIRS = np.zeros((2, 0), np.int64)
+    def _run(self, dets: np.ndarray, frame: int | None) -> np.ndarray:
+        """The frame's kernel call (another one for a round left to the Hungarian algorithm,
+        or after growing the arrays); returns a view of the ids."""
+        self.frame = frame = self.frame + 1 if frame is None else int(frame)
+        args = (self.pos, self.vel, self.tint, self.count, self.params, dets, frame)
+        phase = _track_frame(*args, self.idx, self.oks)
+        while phase:
+            pairs = _NO_PAIRS
+            if phase < 0:  # room for a track per skeleton
+                live, m = int(self.count[LIVE]), len(dets)
+                self._allocate(max(len(self.tint), 2 * (live + m)), max(self.oks.shape[1], 2 * m))
+            else:  # a round the stars test could not settle
+                self.hungarian_rounds += 1
+                oks = self.oks[: self.count[PENDING_ROWS], : self.count[PENDING_COLS]]
+                pairs = np.stack(linear_sum_assignment(-oks)).astype(np.int64)
+            args = (self.pos, self.vel, self.tint, self.count, self.params, dets, frame)
+            phase = _resume_frame(*args, self.idx, self.oks, phase, pairs)
+        return self.ids_out[: len(dets)]

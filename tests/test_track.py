@@ -71,21 +71,25 @@ def _oks_pair(track: np.ndarray, det: np.ndarray) -> float:
 
 
 def test_compiled_oks_kernel_matches_a_per_pair_loop():
-    """The tracker's compiled OKS (one pass over all pairs) against the numpy ``oks_matrix`` and
-    a plain per-pair loop, on poses near and far, with missing parts and an empty pose."""
+    """The tracker's compiled OKS (one pass over all pairs, those below the gate set to 0)
+    against a plain per-pair loop and the numpy ``oks_matrix``, on poses near and far, with
+    missing parts and an empty pose."""
     rng = np.random.default_rng(0)
-    centres = [(100, 100), (104, 98), (130, 110), (400, 100), (100, 300)]
+    centres = [(100, 100), (104, 98), (130, 110), (400, 100), (100, 300), (112, 104)]
     poses = np.stack([_figure(x, y) + rng.normal(0, 3, (len(SIGMAS), 2)) for x, y in centres])
     poses[1, :9] = np.nan
     poses[2, rng.random(len(SIGMAS)) < 0.3] = np.nan
-    dets = poses[[4, 0, 2, 1, 3]] + rng.normal(0, 4, poses.shape)
+    dets = poses[[4, 0, 2, 1, 3, 5]] + rng.normal(0, 4, poses.shape)
     dets[3] = np.nan  # a detection with no parts
-    out = np.full((len(poses), len(dets)), -1.0)
-    _oks_kernel(poses, dets, 2.0 * (2.0 * SIGMAS) ** 2, GATE_OKS, out)
     loop = np.array([[_oks_pair(t, d) for d in dets] for t in poses])
     assert (loop > 0.3).sum() >= 4 and (loop < 1e-3).sum() >= 4  # near and far pairs both seen
-    np.testing.assert_allclose(out, loop, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(out, oks_matrix(poses, dets, SIGMAS, pose_areas(poses)), atol=1e-12)
+    assert ((loop > GATE_OKS) & (loop < 0.3)).sum() >= 2  # and some between the two gates
+    numpy_oks = oks_matrix(poses, dets, SIGMAS, pose_areas(poses))
+    for gate in (GATE_OKS, 0.3):
+        out = np.full((len(poses), len(dets)), -1.0)
+        _oks_kernel(poses, dets, 1.0 / (2.0 * (2.0 * SIGMAS) ** 2), gate, out)
+        np.testing.assert_allclose(out, np.where(loop >= gate, loop, 0), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(out, np.where(numpy_oks >= gate, numpy_oks, 0), atol=1e-12)
 
 
 def test_ids_survive_a_crossing_with_occlusion():
