@@ -20,14 +20,16 @@ from 1 and are never reused).
 at low speed (no jitter on a still object), little lag at high speed. The filtered keypoints are
 written back into the arrays given to ``update``, so drawing and JSON show them.
 
-Speed: the tracker must cost little beside the decoder (scripts/bench_tracking.py: a few
-microseconds per frame), so a frame is one compiled call (``_track_frame``) on preallocated track
-arrays: drop, OKS matrices (box-gated), assignment, moves, births, One Euro. Most rounds need no
-Hungarian algorithm: when every connected group of candidate pairs has one track or one
-detection (a "star": objects apart, or one object and a false skeleton), its best pair is exact
-(``_star_pairs``); only the other rounds (objects overlapping each other, 0.1% of the bench's)
-go back to ``scipy.optimize.linear_sum_assignment``. ``tests/_track_reference.py`` is the same
-tracker in plain numpy, which the tests compare with.
+Speed: the tracker must cost little beside the decoder (goal: 5% of its time; a few
+microseconds per frame, scripts/bench_tracking.py), so a frame is one compiled call
+(``_track_frame``) on preallocated track arrays: drop, OKS matrices, assignment, moves, births,
+One Euro. Most pairs cost no exp (a box gate, then the closest part must reach ``min_oks``), and
+a pair alone in its row and column only needs to reach ``min_oks``. Most rounds need no
+Hungarian algorithm either: when every connected group of candidate pairs has one track or one
+detection (a "star": objects apart, or one object and a false skeleton), its best pair is the
+Hungarian one (``_star_pairs``); only the others (objects overlapping each other: 0.1% of the
+bench's rounds) go back to ``scipy.optimize.linear_sum_assignment``. ``tests/_track_reference.py``
+is the same tracker in plain numpy, which the tests compare with id for id.
 """
 
 from __future__ import annotations
@@ -145,7 +147,7 @@ class OneEuro:
 
 
 @njit(cache=True, nogil=True)
-def _oks_kernel(poses, dets, inv_scale2, gate, out):  # pragma: no cover - compiled
+def _oks_kernel(poses, dets, inv_scale2, gate, out, exact=True):  # pragma: no cover - compiled
     """``oks_matrix`` of (N, K, 2) poses and (M, K, 2+) detections into ``out`` (N, M) in one
     compiled pass, pairs whose OKS is below ``gate`` set to 0 (the tracker's candidates: gate
     = min_oks); ``inv_scale2`` (K,): 1 / (2 (2 sigma)^2) per part. Tested against a per-pair
@@ -153,15 +155,16 @@ def _oks_kernel(poses, dets, inv_scale2, gate, out):  # pragma: no cover - compi
 
     Most pairs are left out without one exp: by the gap between the boxes (as ``oks_matrix``),
     then by the pair's closest part, since the mean of the parts' terms is at most the largest
-    (objects whose boxes overlap, as in a crossing, pass the first test and fail the second)."""
+    (objects whose boxes overlap, as in a crossing, pass the first test and fail the second).
+    ``exact=False`` (the tracker's): a pair alone in its row and column only needs to reach
+    the gate, not its value (see ``_settle_lone_pairs``)."""
     n, m, k = poses.shape[0], dets.shape[0], poses.shape[1]
     reach = -math.log(gate)  # a part's term exp(-a) reaches the gate iff a <= reach
     boxes = np.empty((n + m, 4))  # the poses', then the detections'
     _boxes_into(poses, boxes[:n])
     _boxes_into(dets, boxes[n:])
     for i in range(n):
-        area = (boxes[i, 2] - boxes[i, 0]) * (boxes[i, 3] - boxes[i, 1])
-        inv_s2 = 1.0 / max(area if np.isfinite(area) else 0.0, MIN_AREA)
+        inv_s2 = _inv_area(boxes[i])
         gap_reach = reach / (inv_scale2.min() * inv_s2)  # the part with the largest sigma
         for j in range(m):
             out[i, j] = 0.0
@@ -181,16 +184,63 @@ def _oks_kernel(poses, dets, inv_scale2, gate, out):  # pragma: no cover - compi
                     closest = a
             if not closest <= reach:
                 continue
-            total, shared = 0.0, 0
-            for p in range(k):
-                dx = poses[i, p, 0] - dets[j, p, 0]
-                dy = poses[i, p, 1] - dets[j, p, 1]
-                a = (dx * dx + dy * dy) * inv_scale2[p] * inv_s2
-                if np.isfinite(a):
-                    total += math.exp(-a)
-                    shared += 1
-            oks = total / shared
+            if not exact:
+                out[i, j] = -1.0  # a candidate, settled below
+                continue
+            oks = _pair_mean(poses[i], dets[j], inv_scale2, inv_s2, True)
             out[i, j] = oks if oks >= gate else 0.0
+    if not exact:
+        _settle_lone_pairs(poses, dets, inv_scale2, gate, boxes, out)
+
+
+@njit(cache=True, nogil=True)
+def _settle_lone_pairs(poses, dets, inv_scale2, gate, boxes, out):  # pragma: no cover
+    """The OKS of the candidates (-1 in ``out``), 0 if below ``gate``; a candidate alone in its
+    row and column (no other candidate for its track or its detection: any assignment takes it
+    if it reaches the gate) gets exp(-mean a) instead when that reaches the gate, a lower bound
+    of its OKS = mean exp(-a) (Jensen), without the parts' exps."""
+    n, m = out.shape
+    degrees = np.zeros(n + m, np.int64)
+    for i in range(n):
+        for j in range(m):
+            if out[i, j] != 0.0:
+                degrees[i] += 1
+                degrees[n + j] += 1
+    reach = -math.log(gate)
+    for i in range(n):
+        inv_s2 = _inv_area(boxes[i])
+        for j in range(m):
+            if out[i, j] != -1.0:
+                continue
+            if degrees[i] == 1 and degrees[n + j] == 1:
+                mean_a = _pair_mean(poses[i], dets[j], inv_scale2, inv_s2, False)
+                if mean_a <= reach:
+                    out[i, j] = math.exp(-mean_a)
+                    continue
+            oks = _pair_mean(poses[i], dets[j], inv_scale2, inv_s2, True)
+            out[i, j] = oks if oks >= gate else 0.0
+
+
+@njit(cache=True, nogil=True)
+def _pair_mean(pose, det, inv_scale2, inv_s2, oks):  # pragma: no cover - compiled
+    """Over the parts present in both (K, 2+) poses, the mean of exp(-a) (their OKS) if
+    ``oks``, else of a = d^2 / (2 (2 sigma)^2 s^2); NaN if none."""
+    total, shared = 0.0, 0
+    for p in range(pose.shape[0]):
+        dx = pose[p, 0] - det[p, 0]
+        dy = pose[p, 1] - det[p, 1]
+        a = (dx * dx + dy * dy) * inv_scale2[p] * inv_s2
+        if np.isfinite(a):
+            total += math.exp(-a) if oks else a
+            shared += 1
+    return total / shared if shared > 0 else np.nan
+
+
+@njit(cache=True, nogil=True)
+def _inv_area(box):  # pragma: no cover - compiled
+    """1 / s^2 of a pose's (4,) box: its area, at least MIN_AREA (0 for an empty box)."""
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    return 1.0 / max(area if np.isfinite(area) else 0.0, MIN_AREA)
 
 
 @njit(cache=True, nogil=True)
@@ -301,7 +351,8 @@ def _round_matrix(
     and the tracks not updated this frame (``idx[ROUND_TRACK]``): round 1 at the tracks' constant-velocity
     predictions, round 2 at their last *seen* positions, for the tracks that missed earlier
     frames only (one seen in the previous frame was offered its prediction already). Pairs
-    below min_oks are set to 0: they are no candidates, so they cannot sway the assignment.
+    below min_oks are set to 0: they are no candidates, so they cannot sway the assignment; a
+    candidate alone in its row and column may hold a lower bound of its OKS (``exact=False``).
     Returns the numbers of tracks and skeletons in the matrix."""
     nc = 0
     for j in range(dets.shape[0]):
@@ -327,12 +378,12 @@ def _round_matrix(
                 else:
                     poses[i, p, c] = pos[r, SEEN, p, c]
     if nc == dets.shape[0]:  # all skeletons (round 1): no copy
-        _oks_kernel(poses, dets, params[INV_SCALE2:], params[MIN_OKS], oks[:nr, :nc])
+        _oks_kernel(poses, dets, params[INV_SCALE2:], params[MIN_OKS], oks[:nr, :nc], False)
         return nr, nc
     free = np.empty((nc, k, 2))
     for q in range(nc):
         free[q] = dets[idx[ROUND_SKEL, q], :, :2]
-    _oks_kernel(poses, free, params[INV_SCALE2:], params[MIN_OKS], oks[:nr, :nc])
+    _oks_kernel(poses, free, params[INV_SCALE2:], params[MIN_OKS], oks[:nr, :nc], False)
     return nr, nc
 
 

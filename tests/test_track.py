@@ -92,6 +92,25 @@ def test_compiled_oks_kernel_matches_a_per_pair_loop():
         np.testing.assert_allclose(out, np.where(numpy_oks >= gate, numpy_oks, 0), atol=1e-12)
 
 
+def test_oks_kernel_lone_pairs_get_a_lower_bound():
+    """``exact=False`` (the tracker's): the same candidates, exact values where a row or a
+    column has two or more, and for a pair alone in both a value between the gate and its OKS."""
+    rng = np.random.default_rng(1)
+    centres = [(100, 100), (108, 100), (300, 100), (500, 300), (100, 300)]
+    poses = np.stack([_figure(x, y) + rng.normal(0, 2, (len(SIGMAS), 2)) for x, y in centres])
+    dets = poses[[0, 1, 2, 3]] + rng.normal(0, 3, (4, len(SIGMAS), 2))
+    inv_scale2 = 1.0 / (2.0 * (2.0 * SIGMAS) ** 2)
+    exact, lazy = np.zeros((5, 4)), np.zeros((5, 4))
+    _oks_kernel(poses, dets, inv_scale2, 0.3, exact)
+    _oks_kernel(poses, dets, inv_scale2, 0.3, lazy, False)
+    assert ((exact > 0) == (lazy > 0)).all()
+    cand = exact > 0
+    lone = cand & (cand.sum(1, keepdims=True) == 1) & (cand.sum(0, keepdims=True) == 1)
+    assert lone.sum() == 2 and (cand & ~lone).sum() >= 3  # figures 2, 3 alone; 0, 1 close
+    np.testing.assert_allclose(lazy[~lone], exact[~lone], rtol=1e-12)
+    assert (lazy[lone] >= 0.3).all() and (lazy[lone] <= exact[lone] + 1e-12).all()
+
+
 def test_ids_survive_a_crossing_with_occlusion():
     """Two figures walk towards each other along the same line; while they overlap the far one
     is not detected at all. Without the velocity prediction the far one, reappearing beside the
