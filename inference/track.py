@@ -175,14 +175,14 @@ def _oks_kernel(poses, dets, inv_scale2, gate, out, exact=True):  # pragma: no c
             gy = max(0.0, max(db[1] - boxes[i, 3], boxes[i, 1] - db[3]))
             if gx * gx + gy * gy > gap_reach:
                 continue
-            closest = np.inf
+            near = False  # a part whose term reaches the gate
             for p in range(k):
                 dx = poses[i, p, 0] - dets[j, p, 0]
                 dy = poses[i, p, 1] - dets[j, p, 1]
-                a = (dx * dx + dy * dy) * inv_scale2[p] * inv_s2
-                if a < closest:  # False for a part missing on either side (NaN)
-                    closest = a
-            if not closest <= reach:
+                if (dx * dx + dy * dy) * inv_scale2[p] * inv_s2 <= reach:  # False for NaN
+                    near = True
+                    break
+            if not near:
                 continue
             if not exact:
                 out[i, j] = -1.0  # a candidate, settled below
@@ -268,12 +268,12 @@ def _boxes_into(poses, boxes):  # pragma: no cover - compiled
 XY, SEEN, FILT, FILT_SPEED = range(4)
 FILT_TIME = 2
 ID, LAST, HITS = range(3)
-# count (6,): live tracks, next id, frames seen, assignment rounds that had a matrix to solve,
-# the tracks and skeletons of a matrix left to the Hungarian algorithm
-LIVE, NEXT_ID, FRAMES, ROUNDS, PENDING_ROWS, PENDING_COLS = range(6)
-# idx (4, N): each skeleton's track id (0: none) and track row (-1: none), this round's track rows
-# and skeletons (the rows and columns of its OKS matrix)
-DET_ID, DET_ROW, ROUND_TRACK, ROUND_SKEL = range(4)
+# idx (5, N >= 6): per-frame integers: each skeleton's track id (0: none) and track row (-1:
+# none), this round's track rows and skeletons (the rows and columns of its OKS matrix); and in
+# its COUNTS row the tracker's counters: live tracks, next id, frames seen, assignment rounds
+# that had a matrix to solve
+DET_ID, DET_ROW, ROUND_TRACK, ROUND_SKEL, COUNTS = range(5)
+LIVE, NEXT_ID, FRAMES, ROUNDS = range(4)
 # params (8 + K,): the tracker's settings, as the kernel reads them, then per part the inverse of
 # the OKS denominator over s^2: 1 / (2 (2 sigma)^2)
 MIN_OKS, MOMENTUM, MAX_AGE, SMOOTH, FPS, MIN_CUTOFF, BETA, D_CUTOFF, INV_SCALE2 = range(9)
@@ -282,49 +282,57 @@ _NO_PAIRS = np.zeros((2, 0), np.int64)  # phase 0: no Hungarian pairs yet
 
 @njit(cache=True, nogil=True)
 def _track_frame(
-    pos, vel, tint, count, params, dets, frame, idx, oks
+    pos, vel, tint, params, dets, frame, idx
 ):  # pragma: no cover - compiled; tested against tests/_track_reference.py
     """One frame of ``Tracker`` on ``dets`` (M, K, 2+): drop, the two assignment rounds,
     births, One Euro; each skeleton's track id ends in ``idx[DET_ID, :M]``. Returns 0 when the
-    frame is done, -1 when the arrays need room for M more tracks, or the round (1, 2) whose
-    OKS matrix is not a set of stars (``_star_pairs``), left in
-    ``oks[:count[PENDING_ROWS], :count[PENDING_COLS]]`` for the caller's Hungarian algorithm;
-    then the caller goes on with ``_resume_frame``."""
-    return _resume_frame(pos, vel, tint, count, params, dets, frame, idx, oks, 0, _NO_PAIRS)
+    frame is done, -1 when the arrays need room for M more tracks, -2 for skeletons of another
+    shape (nothing changed), or the round (1, 2) whose
+    OKS matrix is not a set of stars (``_star_pairs``): the caller runs the Hungarian
+    algorithm on it (``_round_oks``) and goes on with ``_resume_frame``. (Few arguments:
+    numba's call costs ~0.1 us per array.)"""
+    return _resume_frame(pos, vel, tint, params, dets, frame, idx, 0, _NO_PAIRS)
 
 
 @njit(cache=True, nogil=True)
 def _resume_frame(
-    pos, vel, tint, count, params, dets, frame, idx, oks, phase, pairs
+    pos, vel, tint, params, dets, frame, idx, phase, pairs
 ):  # pragma: no cover - compiled
     """``_track_frame`` from ``phase``: 0 (or -1, after growing the arrays) from the start, 1
     or 2 from that round, with the Hungarian algorithm's (2, P) ``pairs`` of its matrix."""
-    m = dets.shape[0]
+    m, count = dets.shape[0], idx[COUNTS]
     if phase <= 0:
+        if dets.shape[1] != params.shape[0] - INV_SCALE2 or dets.shape[2] < 2:
+            return -2  # not (M, K, 2+): the caller says why
         _drop_tracks(pos, vel, tint, count, frame, params[MAX_AGE])
-        if count[LIVE] + m > tint.shape[0] or m > oks.shape[1]:  # births need a row each
+        if count[LIVE] + m > tint.shape[0] or m > idx.shape[1]:  # births need a row each
             return -1
         count[FRAMES] += 1
         idx[DET_ID, :m] = 0
         idx[DET_ROW, :m] = -1
     for rnd in range(max(phase, 1), 3):
-        if rnd == phase:  # the caller's Hungarian pairs for this round
+        nr, nc, oks = _round_matrix(pos, vel, tint, count, params, dets, frame, idx, rnd)
+        if rnd == phase:  # the same matrix again: the caller's Hungarian pairs
             _apply_pairs(pos, vel, tint, params, dets, frame, oks, idx, pairs)
             continue
-        nr, nc = _round_matrix(pos, vel, tint, count, params, dets, frame, oks, idx, rnd)
         if nr == 0 or nc == 0:
             continue
         count[ROUNDS] += 1
         stars = np.empty((2, min(nr, nc)), np.int64)
-        n_pairs = _star_pairs(oks[:nr, :nc], stars)
+        n_pairs = _star_pairs(oks, stars)
         if n_pairs < 0:
-            count[PENDING_ROWS], count[PENDING_COLS] = nr, nc
             return rnd
         _apply_pairs(pos, vel, tint, params, dets, frame, oks, idx, stars[:, :n_pairs])
     _start_tracks(pos, vel, tint, count, dets, frame, idx)
     if params[SMOOTH] != 0.0:
         _smooth(pos, vel, params, dets, frame, idx)
     return 0
+
+
+@njit(cache=True, nogil=True)
+def _round_oks(pos, vel, tint, params, dets, frame, idx, rnd):  # pragma: no cover - compiled
+    """The OKS matrix of round ``rnd`` that ``_track_frame`` left to the Hungarian algorithm."""
+    return _round_matrix(pos, vel, tint, idx[COUNTS], params, dets, frame, idx, rnd)[2]
 
 
 @njit(cache=True, nogil=True)
@@ -345,7 +353,7 @@ def _drop_tracks(pos, vel, tint, count, frame, max_age):  # pragma: no cover - c
 
 @njit(cache=True, nogil=True)
 def _round_matrix(
-    pos, vel, tint, count, params, dets, frame, oks, idx, rnd
+    pos, vel, tint, count, params, dets, frame, idx, rnd
 ):  # pragma: no cover - compiled
     """The OKS matrix of one round between the skeletons not matched yet (``idx[ROUND_SKEL]``)
     and the tracks not updated this frame (``idx[ROUND_TRACK]``): round 1 at the tracks' constant-velocity
@@ -353,7 +361,7 @@ def _round_matrix(
     frames only (one seen in the previous frame was offered its prediction already). Pairs
     below min_oks are set to 0: they are no candidates, so they cannot sway the assignment; a
     candidate alone in its row and column may hold a lower bound of its OKS (``exact=False``).
-    Returns the numbers of tracks and skeletons in the matrix."""
+    Returns the numbers of tracks and skeletons, and the (tracks, skeletons) matrix."""
     nc = 0
     for j in range(dets.shape[0]):
         if idx[DET_ID, j] == 0:
@@ -364,8 +372,9 @@ def _round_matrix(
         if frame - tint[r, LAST] > (0 if rnd == 1 else 1):
             idx[ROUND_TRACK, nr] = r
             nr += 1
+    oks = np.zeros((nr, nc))
     if nr == 0 or nc == 0:
-        return nr, nc
+        return nr, nc, oks
     k = dets.shape[1]
     poses = np.empty((nr, k, 2))
     for i in range(nr):
@@ -378,13 +387,13 @@ def _round_matrix(
                 else:
                     poses[i, p, c] = pos[r, SEEN, p, c]
     if nc == dets.shape[0]:  # all skeletons (round 1): no copy
-        _oks_kernel(poses, dets, params[INV_SCALE2:], params[MIN_OKS], oks[:nr, :nc], False)
-        return nr, nc
+        _oks_kernel(poses, dets, params[INV_SCALE2:], params[MIN_OKS], oks, False)
+        return nr, nc, oks
     free = np.empty((nc, k, 2))
     for q in range(nc):
         free[q] = dets[idx[ROUND_SKEL, q], :, :2]
-    _oks_kernel(poses, free, params[INV_SCALE2:], params[MIN_OKS], oks[:nr, :nc], False)
-    return nr, nc
+    _oks_kernel(poses, free, params[INV_SCALE2:], params[MIN_OKS], oks, False)
+    return nr, nc, oks
 
 
 @njit(cache=True, nogil=True)
@@ -581,7 +590,7 @@ class Tracker:
         )  # fmt: skip
         self.params[[FPS, MIN_CUTOFF, BETA, D_CUTOFF]] = self.fps, min_cutoff, beta, 1.0
         self.params[INV_SCALE2:] = 1.0 / (2.0 * (2.0 * self.sigmas) ** 2)
-        self.count = np.zeros(6, np.int64)
+        self.count = np.zeros(4, np.int64)  # until _allocate puts the counters in idx
         self.count[NEXT_ID] = 1
         self.frame = -1
         self.hungarian_rounds = 0
@@ -596,9 +605,10 @@ class Tracker:
         if live:
             pos[:live], vel[:live], tint[:live] = self.pos[:live], self.vel[:live], self.tint[:live]
         self.pos, self.vel, self.tint = pos, vel, tint
-        self.oks = np.zeros((tracks, skeletons))  # a round's matrix
-        self.idx = np.zeros((4, max(tracks, skeletons)), np.int64)
-        self.ids_out = self.idx[DET_ID]  # the frame's ids, a view
+        idx = np.zeros((5, max(tracks, skeletons, len(self.count))), np.int64)
+        idx[COUNTS, : len(self.count)] = self.count
+        self.idx, self.count = idx, idx[COUNTS]  # views: the kernel updates them
+        self.ids_out = idx[DET_ID]  # the frame's ids
 
     @property
     def next_id(self) -> int:
@@ -633,7 +643,7 @@ class Tracker:
             dets = np.array(keypoints, dtype=np.float64)  # (M, K, 2+)
         except ValueError:  # (K, 2) and (K, 3) arrays mixed
             dets = np.array([np.asarray(k, np.float64)[:, :2] for k in keypoints])
-        if dets.ndim != 3 or dets.shape[1] != self.k or dets.shape[2] < 2:
+        if dets.ndim != 3:  # no skeletons (else refused below)
             dets = np.zeros((0, self.k, 2)) if len(keypoints) == 0 else dets
             self._check(dets)
         ids = self._run(dets, frame)
@@ -659,17 +669,19 @@ class Tracker:
         """The frame's kernel call (another one for a round left to the Hungarian algorithm,
         or after growing the arrays); returns a view of the ids."""
         self.frame = frame = self.frame + 1 if frame is None else int(frame)
-        args = (self.pos, self.vel, self.tint, self.count, self.params, dets, frame)
-        phase = _track_frame(*args, self.idx, self.oks)
+        args = (self.pos, self.vel, self.tint, self.params, dets, frame)
+        phase = _track_frame(*args, self.idx)
         while phase:
             pairs = _NO_PAIRS
-            if phase < 0:  # room for a track per skeleton
+            if phase == -2:
+                self._check(dets)  # raises
+            if phase == -1:  # room for a track per skeleton
                 live, m = int(self.count[LIVE]), len(dets)
-                self._allocate(max(len(self.tint), 2 * (live + m)), max(self.oks.shape[1], 2 * m))
+                self._allocate(max(len(self.tint), 2 * (live + m)), 2 * m)
             else:  # a round the stars test could not settle
                 self.hungarian_rounds += 1
-                oks = self.oks[: self.count[PENDING_ROWS], : self.count[PENDING_COLS]]
+                oks = _round_oks(*args, self.idx, phase)
                 pairs = np.stack(linear_sum_assignment(-oks)).astype(np.int64)
-            args = (self.pos, self.vel, self.tint, self.count, self.params, dets, frame)
-            phase = _resume_frame(*args, self.idx, self.oks, phase, pairs)
+            args = (self.pos, self.vel, self.tint, self.params, dets, frame)
+            phase = _resume_frame(*args, self.idx, phase, pairs)
         return self.ids_out[: len(dets)]

@@ -334,6 +334,11 @@ def test_update_array_and_mixed_inputs():
     assert a.update([], frame=10) == []
     with pytest.raises(ValueError, match="need"):
         a.update_array(np.zeros((2, 17, 2)))
+    with pytest.raises(ValueError, match="need"):
+        a.update([np.zeros((17, 2))] * 2)
+    with pytest.raises(ValueError, match="need"):
+        a.update([np.zeros((18, 1))] * 2)
+    assert a.update([_figure(100 + 40, 100)]) == [1]  # unchanged by the refused calls
     with pytest.raises(ValueError, match="float64"):
         a.update_array(np.zeros((2, 18, 2), np.float32))
 
