@@ -311,11 +311,12 @@ def _resume_frame(
         idx[DET_ID, :m] = 0
         idx[DET_ROW, :m] = -1
     for rnd in range(max(phase, 1), 3):
-        nr, nc, oks = _round_matrix(pos, vel, tint, count, params, dets, frame, idx, rnd)
+        nr, nc = _round_members(tint, count, dets, frame, idx, rnd)
+        if nr == 0 or nc == 0:
+            continue
+        oks = _round_matrix(pos, vel, tint, params, dets, frame, idx, rnd, nr, nc)
         if rnd == phase:  # the same matrix again: the caller's Hungarian pairs
             _apply_pairs(pos, vel, tint, params, dets, frame, oks, idx, pairs)
-            continue
-        if nr == 0 or nc == 0:
             continue
         count[ROUNDS] += 1
         stars = np.empty((2, min(nr, nc)), np.int64)
@@ -332,7 +333,8 @@ def _resume_frame(
 @njit(cache=True, nogil=True)
 def _round_oks(pos, vel, tint, params, dets, frame, idx, rnd):  # pragma: no cover - compiled
     """The OKS matrix of round ``rnd`` that ``_track_frame`` left to the Hungarian algorithm."""
-    return _round_matrix(pos, vel, tint, idx[COUNTS], params, dets, frame, idx, rnd)[2]
+    nr, nc = _round_members(tint, idx[COUNTS], dets, frame, idx, rnd)
+    return _round_matrix(pos, vel, tint, params, dets, frame, idx, rnd, nr, nc)
 
 
 @njit(cache=True, nogil=True)
@@ -352,16 +354,11 @@ def _drop_tracks(pos, vel, tint, count, frame, max_age):  # pragma: no cover - c
 
 
 @njit(cache=True, nogil=True)
-def _round_matrix(
-    pos, vel, tint, count, params, dets, frame, idx, rnd
-):  # pragma: no cover - compiled
-    """The OKS matrix of one round between the skeletons not matched yet (``idx[ROUND_SKEL]``)
-    and the tracks not updated this frame (``idx[ROUND_TRACK]``): round 1 at the tracks' constant-velocity
-    predictions, round 2 at their last *seen* positions, for the tracks that missed earlier
-    frames only (one seen in the previous frame was offered its prediction already). Pairs
-    below min_oks are set to 0: they are no candidates, so they cannot sway the assignment; a
-    candidate alone in its row and column may hold a lower bound of its OKS (``exact=False``).
-    Returns the numbers of tracks and skeletons, and the (tracks, skeletons) matrix."""
+def _round_members(tint, count, dets, frame, idx, rnd):  # pragma: no cover - compiled
+    """The skeletons and tracks of one round, into ``idx[ROUND_SKEL]`` and ``idx[ROUND_TRACK]``:
+    the skeletons not matched yet and the tracks not updated this frame (in round 2 only those
+    that missed earlier frames: one seen in the previous frame was offered its prediction
+    already). Returns their numbers."""
     nc = 0
     for j in range(dets.shape[0]):
         if idx[DET_ID, j] == 0:
@@ -372,9 +369,16 @@ def _round_matrix(
         if frame - tint[r, LAST] > (0 if rnd == 1 else 1):
             idx[ROUND_TRACK, nr] = r
             nr += 1
-    oks = np.zeros((nr, nc))
-    if nr == 0 or nc == 0:
-        return nr, nc, oks
+    return nr, nc
+
+
+@njit(cache=True, nogil=True)
+def _round_matrix(pos, vel, tint, params, dets, frame, idx, rnd, nr, nc):  # pragma: no cover
+    """The (nr, nc) OKS matrix of one round (``_round_members``): round 1 at the tracks'
+    constant-velocity predictions, round 2 at their last *seen* positions. Pairs below min_oks
+    are 0: they are no candidates, so they cannot sway the assignment; a candidate alone in its
+    row and column may hold a lower bound of its OKS (``_oks_kernel``'s ``exact=False``)."""
+    oks = np.empty((nr, nc))
     k = dets.shape[1]
     poses = np.empty((nr, k, 2))
     for i in range(nr):
@@ -388,12 +392,12 @@ def _round_matrix(
                     poses[i, p, c] = pos[r, SEEN, p, c]
     if nc == dets.shape[0]:  # all skeletons (round 1): no copy
         _oks_kernel(poses, dets, params[INV_SCALE2:], params[MIN_OKS], oks, False)
-        return nr, nc, oks
+        return oks
     free = np.empty((nc, k, 2))
     for q in range(nc):
         free[q] = dets[idx[ROUND_SKEL, q], :, :2]
     _oks_kernel(poses, free, params[INV_SCALE2:], params[MIN_OKS], oks, False)
-    return nr, nc, oks
+    return oks
 
 
 @njit(cache=True, nogil=True)
