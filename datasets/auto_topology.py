@@ -15,7 +15,9 @@ and report it the same way:
   fix; ``connect: auto`` instead adds the fewest edges that join the pieces (a minimum spanning
   tree over the mean keypoint distances in the annotations, relative to object size), printed;
   ``connect: redundant`` also adds a second spanning tree over the pairs not yet linked, so one
-  unlabelled keypoint no longer splits an object (about twice the PAF channels).
+  unlabelled keypoint no longer splits an object (about twice the PAF channels);
+* ``limb_lengths``: given, or each edge's mean length in the annotations relative to object size
+  (the decoder's unit when it joins pieces of one object), printed with the topology.
 
 The result is a plain :class:`Topology`; commands store ``topology.to_dict()`` (config, checkpoint,
 ONNX metadata), so no later stage derives it again.
@@ -73,7 +75,17 @@ def resolve_topology(
         except (ValueError, FileNotFoundError) as e:
             raise UsageError(f"topology: {e}") from None
     topo = _with_sigmas(topo, cfg)
-    return _connected(topo, cfg.get("connect"), kfile)
+    if cfg.get("limb_lengths"):  # before connect, which measures those of the edges it adds
+        topo = _replaced(topo, "limb_lengths", [float(x) for x in cfg["limb_lengths"]])
+    topo = _connected(topo, cfg.get("connect"), kfile)
+    if kfile is not None and not topo.limb_lengths:
+        topo = Topology.from_dict(
+            {
+                **topo.to_dict(),
+                "limb_lengths": limb_lengths(topo.edges, mean_distances(kfile, topo)),
+            }
+        )
+    return topo
 
 
 def topology_for_file(
@@ -129,10 +141,15 @@ def _with_sigmas(topo: Topology, cfg: Mapping[str, Any]) -> Topology:
         sigmas = [float(given.get(lab, s)) for lab, s in zip(topo.labels, sigmas, strict=True)]
     elif given is not None:
         sigmas = [float(s) for s in given]
+    return _replaced(topo, "sigmas", sigmas)
+
+
+def _replaced(topo: Topology, key: str, value: Any) -> Topology:
+    """``topo`` with one field given by the config (a bad value is the user's: one line)."""
     try:
-        return Topology.from_dict({**topo.to_dict(), "sigmas": sigmas})
+        return Topology.from_dict({**topo.to_dict(), key: value})
     except ValueError as e:
-        raise UsageError(f"topology.sigmas: {e}") from None
+        raise UsageError(f"topology.{key}: {e}") from None
 
 
 CONNECT = ("auto", "redundant")
@@ -167,6 +184,8 @@ def _connected(topo: Topology, connect: Any, kfile: KeypointFile | None) -> Topo
         added += extra
     d = topo.to_dict()
     d["edges"] = d["edges"] + [list(e) for e in added]
+    if d["limb_lengths"]:  # given for the file's edges: the new ones as measured
+        d["limb_lengths"] += limb_lengths(added, dist, fill=float(np.median(d["limb_lengths"])))
     # existing fields keep their channels; the new edges take the next ones in trt_pose's layout
     n = len(d["edges_paf"])
     d["edges_paf"] = d["edges_paf"] + [[2 * (n + i) + 1, 2 * (n + i)] for i in range(len(added))]
@@ -228,6 +247,16 @@ def mean_distances(kfile: KeypointFile, topo: Topology) -> np.ndarray:
         return np.where(count > 0, total / np.maximum(count, 1), np.inf)
 
 
+def limb_lengths(edges, dist: np.ndarray, fill: float | None = None) -> list[float]:
+    """Each edge's mean length in the annotations (``mean_distances``); an edge never labelled
+    at both ends gets ``fill`` (default: the median of the measured ones, else 1)."""
+    measured = [float(dist[a][b]) for a, b in edges]
+    seen = [x for x in measured if math.isfinite(x) and x > 0]
+    if fill is None:
+        fill = float(np.median(seen)) if seen else 1.0
+    return [round(x, 4) if math.isfinite(x) and x > 0 else fill for x in measured]
+
+
 def stored_config(topology: Topology, topology_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     """The resolved topology as a config node (what a run's config and checkpoint keep), with
     the resolution keys that later readers of the data still need (``keypoint_map``)."""
@@ -245,7 +274,8 @@ def write_topology_yaml(topology: Topology, path: str | Path | None = None) -> P
     path = Path(path) if path else CONF_DIR / f"{name}.yaml"
     text = (
         f"# {topology.name}: derived by python -m datasets.topology; labels, directed edges "
-        "[from, to],\n# edges_paf [x_channel, y_channel] per edge, flip_pairs, OKS sigmas\n"
+        "[from, to],\n# edges_paf [x_channel, y_channel] per edge, flip_pairs, OKS sigmas, "
+        "limb_lengths (mean, / sqrt(area))\n"
     )
     d = {**topology.to_dict(), "connect": None, "keypoint_map": None}
     text += yaml.safe_dump(d, sort_keys=False, default_flow_style=None, width=100)
@@ -265,6 +295,14 @@ def describe(topology: Topology) -> str:
         + (", ".join(f"{t.labels[a]}/{t.labels[b]}" for a, b in t.flip_pairs) or "none")
         + ("" if t.hflip else " (horizontal flip off)"),
         "sigmas: " + ", ".join(f"{n}={s:g}" for n, s in zip(t.labels, t.sigmas, strict=True)),
+        "limb_lengths: "
+        + (
+            ", ".join(
+                f"{t.labels[a]}->{t.labels[b]}={x:g}"
+                for (a, b), x in zip(t.edges, t.limb_lengths, strict=True)
+            )
+            or "all alike"
+        ),
     ]
     return "\n".join(lines)
 

@@ -63,7 +63,9 @@ class Topology:
     2i+1 and y in 2i (``[[1, 0], [3, 2], ...]``, as the Isaac trt_pose app configures it).
 
     ``sigmas`` are the OKS falloffs per label (default: COCO's by name, ``DEFAULT_SIGMA``
-    otherwise); ``hflip`` is false when a horizontal flip would swap unpaired left/right parts
+    otherwise); ``limb_lengths`` the typical length of each edge in any unit (e.g. relative to
+    the object's size; only their ratios matter): the decoder measures an object's size in them
+    when it joins pieces of one object (default: all edges alike); ``hflip`` is false when a horizontal flip would swap unpaired left/right parts
     (auto-derived topologies without recognisable side names), and training then does not flip.
     """
 
@@ -74,6 +76,7 @@ class Topology:
     name: str = "custom"
     sigmas: tuple[float, ...] = ()
     hflip: bool = True
+    limb_lengths: tuple[float, ...] = ()
     # COCO ids of the category this topology was built from, when there was one
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
@@ -86,6 +89,7 @@ class Topology:
         sigmas = self.sigmas or default_sigmas(self.labels)
         object.__setattr__(self, "sigmas", tuple(float(s) for s in sigmas))
         object.__setattr__(self, "hflip", bool(self.hflip))
+        object.__setattr__(self, "limb_lengths", tuple(float(x) for x in self.limb_lengths))
         self.validate()
 
     # ---------------------------------------------------------------- shape
@@ -131,6 +135,14 @@ class Topology:
                 f"topology {self.name!r}: sigmas must be {k} positive numbers (one per label), "
                 f"got {list(self.sigmas)}"
             )
+        lengths = self.limb_lengths
+        if lengths and (
+            len(lengths) != self.num_edges or not all(x > 0 and math.isfinite(x) for x in lengths)
+        ):
+            raise ValueError(
+                f"topology {self.name!r}: limb_lengths must be {self.num_edges} positive numbers "
+                f"(one per edge) or empty, got {list(lengths)}"
+            )
         seen: set[int] = set()
         for a, b in self.flip_pairs:
             if not (0 <= a < k and 0 <= b < k) or a == b or a in seen or b in seen:
@@ -155,6 +167,7 @@ class Topology:
             "flip_pairs": [list(p) for p in self.flip_pairs],
             "sigmas": list(self.sigmas),
             "hflip": self.hflip,
+            "limb_lengths": list(self.limb_lengths),
         }
 
     @classmethod
@@ -174,6 +187,7 @@ class Topology:
             name=str(d.get("name", "custom")),
             sigmas=tuple(d.get("sigmas") or ()),
             hflip=bool(d.get("hflip", True)),
+            limb_lengths=tuple(d.get("limb_lengths") or ()),
         )
 
     @classmethod

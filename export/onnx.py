@@ -321,6 +321,8 @@ def decoder_config(info: ModelInfo, output_scale: Sequence[int] | None = None) -
         "edges_paf": [list(e) for e in topo.edges_paf],
         "output_scale": list(output_scale or info.input_size),
     }
+    if topo.limb_lengths:  # this toolkit's step 6b (joining pieces of one object) measures in them
+        cfg["limb_lengths"] = list(topo.limb_lengths)
     cfg.update({k: v for k, v in info.decoder.items() if k not in cfg})
     return cfg
 

@@ -303,6 +303,20 @@ def test_threshold_join_fragments_rejoins_people_without_necks(second_x):
             assert s.num_parts == 17 and err < 0.05
 
 
+def test_limb_lengths_measure_a_head_and_hips_alike():
+    # only the face and the hips are seen: two pieces joined by nothing but the missing neck. In
+    # eye-nose limbs the hips are far (no join); coco18's limb_lengths measure both pieces in
+    # person-size units, and the hips are where a person's hips would be
+    truth = person(112, 110, seed=6, jitter=1)[None]
+    truth[0, [5, 6, 7, 8, 9, 10, 13, 14, 15, 16, 17], 2] = 0
+    heat, paf = maps(truth)
+    alike = Topology.from_dict({**COCO18.to_dict(), "limb_lengths": []})
+    assert len(OpenPoseDecoder(alike)(heat, paf)) == 2
+    for decoder in (OpenPoseDecoder(COCO18), ReferenceDecoder(COCO18)):
+        (one,) = decoder(heat, paf, output_scale=[224, 224])
+        assert one.num_parts == 7 and match([one], truth)[0][1] < 0.05
+
+
 def test_threshold_part_counter_on_people():
     truth = person(112, 110, jitter=2)[None].copy()
     truth[0, [0, 1, 2, 3, 4, 7, 8, 9, 10, 13, 14, 15, 16], 2] = 0  # 5 parts: neck, shoulders, hips

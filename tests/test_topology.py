@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from datasets.auto_topology import describe, resolve_topology
+from datasets.cocofile import load_keypoint_file
 from datasets.topology import Topology, topology_from_config
 
 # trt_pose tasks/human_pose/human_pose.json "skeleton" (1-based), the 21 links the Isaac person
@@ -105,6 +109,7 @@ def test_topology_from_coco_person_category_finds_flip_pairs():
 def test_round_trip_plain_data_and_config():
     t = Topology.named("coco18")
     d = t.to_dict()
+    assert len(d["limb_lengths"]) == 21 and d["limb_lengths"][19] > 5 * d["limb_lengths"][10]
     assert Topology.from_dict(d) == t
     assert topology_from_config({"name": "coco18"}) == t
     assert topology_from_config(d) == t
@@ -120,6 +125,8 @@ def test_round_trip_plain_data_and_config():
         ({"labels": ["a", "b"], "edges": [[0, 1]], "edges_paf": [[0, 1], [2, 3]]}, "edges_paf"),
         ({"labels": ["a", "b"], "edges": [], "flip_pairs": [[0, 0]]}, "flip pair"),
         ({"labels": [], "edges": []}, "no labels"),
+        ({"labels": ["a", "b"], "edges": [[0, 1]], "limb_lengths": [1, 2]}, "limb_lengths"),
+        ({"labels": ["a", "b"], "edges": [[0, 1]], "limb_lengths": [0]}, "limb_lengths"),
     ],
 )
 def test_bad_topologies_name_the_problem(kwargs, message):
@@ -152,3 +159,25 @@ def test_side_names_in_any_spelling():
     assert canonical_name("rear") == "rear" and canonical_name("forelegL1") == "foreleg_l_1"
     assert default_sigmas(["R_Knee", "tail"]) == (0.087, 0.0625)
     assert default_sigmas(["tail"], default=0.1) == (0.1,)
+
+
+def test_limb_lengths_measured_on_the_annotations():
+    # two objects a-b-c: a-b is a third of b-c at every size; c-d never labelled at both ends
+    anns = [
+        {"id": i + 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "num_keypoints": 3,
+         "area": (10.0 * f) ** 2, "bbox": [0, 0, 40 * f, 1],
+         "keypoints": [0, 0, 2, 10 * f, 0, 2, 40 * f, 0, 2, 0, 0, 0]}
+        for i, f in enumerate((1.0, 3.0))
+    ]  # fmt: skip
+    data = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 200, "height": 200}],
+        "annotations": anns,
+        "categories": [{"id": 1, "name": "thing", "keypoints": ["a", "b", "c", "d"],
+                        "skeleton": [[1, 2], [2, 3], [3, 4]]}],
+    }  # fmt: skip
+    kfile = load_keypoint_file(Path("thing.json"), data=data)
+    topo = resolve_topology({"name": "auto"}, kfile)
+    assert topo.limb_lengths == pytest.approx((1.0, 3.0, 2.0))  # c-d: the median of the others
+    assert "limb_lengths: a->b=1, b->c=3, c->d=2" in describe(topo)
+    given = resolve_topology({"name": "auto", "limb_lengths": [1, 1, 1]}, kfile)
+    assert given.limb_lengths == (1.0, 1.0, 1.0)

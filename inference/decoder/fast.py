@@ -22,7 +22,7 @@ import numpy as np
 from numba import njit
 
 from inference.decoder.base import Decoded, DecoderBase, Skeleton, as_scale
-from inference.decoder.reference import NO_PATH, TINY, graph_hops
+from inference.decoder.reference import TINY, join_graph
 
 _JIT = {"cache": True, "nogil": True}
 
@@ -336,14 +336,14 @@ def _step6_merge_split(table, edge_sum, score, xy, lim):
 
 
 @njit(**_JIT)
-def _limb_scale(t, xy, edges):
+def _limb_scale(t, xy, edges, unit):
     total, n = 0.0, 0
     for e in range(edges.shape[0]):
         ka, kb = edges[e, 0], edges[e, 1]
         if t[ka] >= 0 and t[kb] >= 0:
             dx = xy[t[kb], 0] - xy[t[ka], 0]
             dy = xy[t[kb], 1] - xy[t[ka], 1]
-            total += math.sqrt(dx * dx + dy * dy)
+            total += math.sqrt(dx * dx + dy * dy) / unit[e]
             n += 1
     return total / n if n else math.nan
 
@@ -354,7 +354,7 @@ def _fmin(a, b):
 
 
 @njit(**_JIT)
-def _join_gap(ti, tj, si, sj, image, xy, hops):
+def _join_gap(ti, tj, si, sj, image, xy, paths, adjacent):
     """Step 6b's gap of two objects (see ``reference._join_gap``)."""
     if _overlap(ti, tj):
         return math.inf
@@ -370,30 +370,30 @@ def _join_gap(ti, tj, si, sj, image, xy, hops):
         for kb in range(kk):
             if tj[kb] < 0:
                 continue
-            if hops[ka, kb] == 1:  # a limb the PAF did not take
+            if adjacent[ka, kb]:  # a limb the PAF did not take
                 return math.inf
-            if hops[ka, kb] < NO_PATH:
+            if math.isfinite(paths[ka, kb]):
                 dx = xy[tj[kb], 0] - xy[ti[ka], 0]
                 dy = xy[tj[kb], 1] - xy[ti[ka], 1]
-                q = min(q, math.sqrt(dx * dx + dy * dy) / hops[ka, kb] / s)
+                q = min(q, math.sqrt(dx * dx + dy * dy) / paths[ka, kb] / s)
     return q
 
 
 @njit(**_JIT)
-def _step6b_join_fragments(table, edge_sum, xy, edges, hops, threshold):
+def _step6b_join_fragments(table, edge_sum, xy, edges, unit, paths, adjacent, threshold):
     n, kk = table.shape
     if threshold <= 0 or n < 2:
         return table, edge_sum
     table, edge_sum = table.copy(), edge_sum.copy()
     limb = np.empty(n)
     for o in range(n):
-        limb[o] = _limb_scale(table[o], xy, edges)
+        limb[o] = _limb_scale(table[o], xy, edges, unit)
     fin = limb[np.isfinite(limb)]
     image = np.median(fin) if fin.size else math.nan
     q = np.full((n, n), math.inf)  # gaps of pairs i < j
     for i in range(n):
         for j in range(i + 1, n):
-            q[i, j] = _join_gap(table[i], table[j], limb[i], limb[j], image, xy, hops)
+            q[i, j] = _join_gap(table[i], table[j], limb[i], limb[j], image, xy, paths, adjacent)
     alive = np.ones(n, np.bool_)
     while True:
         best, bi, bj = math.inf, -1, -1
@@ -411,11 +411,13 @@ def _step6b_join_fragments(table, edge_sum, xy, edges, hops, threshold):
         alive[bj] = False
         for m in range(n):
             q[bj, m] = q[m, bj] = math.inf
-        limb[bi] = _limb_scale(table[bi], xy, edges)
+        limb[bi] = _limb_scale(table[bi], xy, edges, unit)
         for m in range(n):
             if alive[m] and m != bi:
                 a, b = min(bi, m), max(bi, m)
-                q[a, b] = _join_gap(table[a], table[b], limb[a], limb[b], image, xy, hops)
+                q[a, b] = _join_gap(
+                    table[a], table[b], limb[a], limb[b], image, xy, paths, adjacent
+                )
     return table[alive], edge_sum[alive]
 
 
@@ -459,7 +461,7 @@ def _keypoints(objects, xy, score, fx, fy):
 
 
 @njit(**_JIT)
-def _decode_all(heat, paf, mp, use_mp, edges, edges_paf, hops, fparams, iparams, fx, fy):
+def _decode_all(heat, paf, mp, use_mp, edges, edges_paf, graph, fparams, iparams, fx, fy):
     """The whole decode. ``fparams``: threshold_heatmap, threshold_edge_score,
     threshold_split_score, threshold_object_score, threshold_join_fragments;
     ``iparams``: maxpool_kernel, max_peaks_per_part, refine (0/1), centroid (0/1),
@@ -474,23 +476,26 @@ def _decode_all(heat, paf, mp, use_mp, edges, edges_paf, hops, fparams, iparams,
     )
     table, edge_sum, accepted = _step5_match(part, cscore, edge, a, b, ok, kk, ne)
     table, edge_sum = _step6_merge_split(table, edge_sum, score, xy, fparams[2])
-    table, edge_sum = _step6b_join_fragments(table, edge_sum, xy, edges, hops, fparams[4])
+    unit, paths, adjacent = graph
+    table, edge_sum = _step6b_join_fragments(
+        table, edge_sum, xy, edges, unit, paths, adjacent, fparams[4]
+    )
     objects, oscore = _step5_filter(table, edge_sum, score, ne, iparams[6], fparams[3], iparams[7])
     kp = _keypoints(objects, xy, score, fx, fy)
     return (part, row, col, score, xy, edge, a, b, cscore, count, ok, accepted, objects, oscore), kp
 
 
 @njit(**_JIT)
-def decode_maps(heat, paf, mp, use_mp, edges, edges_paf, hops, fparams, iparams, fx, fy):
+def decode_maps(heat, paf, mp, use_mp, edges, edges_paf, graph, fparams, iparams, fx, fy):
     """Every intermediate result (``Decoded``'s fields) and the keypoints (traces, tests)."""
-    return _decode_all(heat, paf, mp, use_mp, edges, edges_paf, hops, fparams, iparams, fx, fy)
+    return _decode_all(heat, paf, mp, use_mp, edges, edges_paf, graph, fparams, iparams, fx, fy)
 
 
 @njit(**_JIT)
-def decode_objects(heat, paf, mp, use_mp, edges, edges_paf, hops, fparams, iparams, fx, fy):
+def decode_objects(heat, paf, mp, use_mp, edges, edges_paf, graph, fparams, iparams, fx, fy):
     """Objects, their scores and keypoints only: the run-time call (each array handed back to
     Python costs about 0.3 us, and the 14 intermediate ones are not needed there)."""
-    d, kp = _decode_all(heat, paf, mp, use_mp, edges, edges_paf, hops, fparams, iparams, fx, fy)
+    d, kp = _decode_all(heat, paf, mp, use_mp, edges, edges_paf, graph, fparams, iparams, fx, fy)
     return d[12], d[13], kp
 
 
@@ -499,7 +504,7 @@ class OpenPoseDecoder(DecoderBase):
 
     def __init__(self, topology, **params) -> None:
         super().__init__(topology, **params)
-        self.hops = graph_hops(topology.num_parts, self.edges)
+        self.graph = tuple(join_graph(topology))  # (unit, paths, adjacent): numba takes tuples
         self._fparams = np.array(
             [
                 self.threshold_heatmap,
@@ -530,7 +535,7 @@ class OpenPoseDecoder(DecoderBase):
         use_mp = maxpool is not None
         return fn(
             heat, paf, maxpool if use_mp else self._no_mp, use_mp, self.edges, self.edges_paf,
-            self.hops, self._fparams, self._iparams, cols / w, rows / h,
+            self.graph, self._fparams, self._iparams, cols / w, rows / h,
         )  # fmt: skip
 
     def _decode(self, heat, paf, maxpool) -> Decoded:

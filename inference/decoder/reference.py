@@ -42,13 +42,13 @@ as floor(x + 0.5), so both decoders agree to the last bit.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
 from inference.decoder.base import Decoded, DecoderBase
 
 TINY = 1e-12  # log floor of the refinement; below it a value is "no signal"
-NO_PATH = 1 << 20  # graph_hops between parts that no path of edges joins
 
 
 def step1_nms(heat: np.ndarray, kernel: int, maxpool: np.ndarray | None) -> np.ndarray:
@@ -274,25 +274,41 @@ def step6_merge_split(table, edge_sum, score, xy, threshold_split_score: float):
     return table[alive], edge_sum[alive]
 
 
-def graph_hops(num_parts: int, edges: np.ndarray) -> np.ndarray:
-    """(K, K) number of edges on the shortest path between two parts (0 on the diagonal; a
-    large number where no path joins them)."""
-    d = np.full((num_parts, num_parts), NO_PATH, np.int64)
-    np.fill_diagonal(d, 0)
-    for a, b in edges.tolist():
-        d[a, b] = d[b, a] = 1
-    for m in range(num_parts):  # Floyd-Warshall
-        d = np.minimum(d, d[:, m : m + 1] + d[m : m + 1, :])
-    return d
+class JoinGraph(NamedTuple):
+    """What step 6b uses of the topology: ``unit`` (E,) each edge's typical length relative to
+    the mean edge (``Topology.limb_lengths``; all 1 without them), ``paths`` (K, K) the typical
+    length of the shortest path of edges between two parts in those units (0 on the diagonal,
+    inf where no path joins them) and ``adjacent`` (K, K) whether an edge joins two parts."""
+
+    unit: np.ndarray
+    paths: np.ndarray
+    adjacent: np.ndarray
 
 
-def _limb_scale(t: np.ndarray, xy: np.ndarray, edges: np.ndarray) -> float:
-    """Mean length of the object's limbs (edges with both parts present); NaN without any."""
+def join_graph(topology) -> JoinGraph:
+    """The topology's ``JoinGraph`` (Floyd-Warshall over the edges' typical lengths)."""
+    edges = np.asarray(topology.edges, np.int64).reshape(-1, 2)
+    lengths = np.asarray(topology.limb_lengths or [1.0] * len(edges), np.float64)
+    unit = lengths / lengths.mean() if len(lengths) else lengths
+    k = topology.num_parts
+    paths, adjacent = np.full((k, k), np.inf), np.zeros((k, k), bool)
+    np.fill_diagonal(paths, 0.0)
+    for (a, b), u in zip(edges.tolist(), unit.tolist(), strict=True):
+        paths[a, b] = paths[b, a] = min(paths[a, b], u)
+        adjacent[a, b] = adjacent[b, a] = True
+    for m in range(k):
+        paths = np.minimum(paths, paths[:, m : m + 1] + paths[m : m + 1, :])
+    return JoinGraph(unit, paths, adjacent)
+
+
+def _limb_scale(t: np.ndarray, xy: np.ndarray, edges: np.ndarray, unit: np.ndarray) -> float:
+    """The object's size in limb units: the mean over its limbs (edges with both parts present)
+    of length / the edge's typical length; NaN without any limb."""
     total, n = 0.0, 0
-    for ka, kb in edges.tolist():
+    for e, (ka, kb) in enumerate(edges.tolist()):
         if t[ka] >= 0 and t[kb] >= 0:
             d = xy[t[kb]] - xy[t[ka]]
-            total += math.sqrt(d[0] * d[0] + d[1] * d[1])
+            total += math.sqrt(d[0] * d[0] + d[1] * d[1]) / unit[e]
             n += 1
     return total / n if n else math.nan
 
@@ -302,9 +318,9 @@ def _fmin(a: float, b: float) -> float:
     return b if math.isnan(a) else a if math.isnan(b) else min(a, b)
 
 
-def _join_gap(ti, tj, si: float, sj: float, image: float, xy, hops) -> float:
-    """How far apart two objects are for step 6b: the smallest distance / (edges on the
-    topology path) over pairs of their parts, in limb scales. inf: a common part, no path, or
+def _join_gap(ti, tj, si: float, sj: float, image: float, xy, graph: JoinGraph) -> float:
+    """How far apart two objects are for step 6b: the smallest distance / (typical length of
+    the topology path) over pairs of their parts, in limb scales. inf: a common part, no path, or
     an edge of the topology between a part of each: step 4 scored that limb and step 5 did not
     take it, so the PAF says they are apart."""
     if ((ti >= 0) & (tj >= 0)).any():
@@ -316,22 +332,24 @@ def _join_gap(ti, tj, si: float, sj: float, image: float, xy, hops) -> float:
     q = math.inf
     for ka in np.flatnonzero(ti >= 0).tolist():
         for kb in np.flatnonzero(tj >= 0).tolist():
-            if hops[ka, kb] == 1:
+            if graph.adjacent[ka, kb]:
                 return math.inf
-            if hops[ka, kb] < NO_PATH:
+            if math.isfinite(graph.paths[ka, kb]):
                 d = xy[tj[kb]] - xy[ti[ka]]
-                q = min(q, math.sqrt(d[0] * d[0] + d[1] * d[1]) / hops[ka, kb] / s)
+                q = min(q, math.sqrt(d[0] * d[0] + d[1] * d[1]) / graph.paths[ka, kb] / s)
     return q
 
 
-def step6b_join_fragments(table, edge_sum, xy, edges, hops, threshold: float):
+def step6b_join_fragments(table, edge_sum, xy, edges, graph: JoinGraph, threshold: float):
     """Join fragments that no PAF links: pieces of one object whose linking parts are not
     seen (e.g. a person without a neck falls apart into head, arms and legs).
 
     Two objects with no part in common and no topology edge between their parts (the PAF
     already said no to that limb) are ``q`` apart (``_join_gap``): the distance of their
-    closest parts per topology edge between them, in units of the smaller of their limb
-    scales (an object's mean limb length; for two objects without limbs, the image's median).
+    closest parts per typical length of the topology path between them, in units of the
+    smaller of their limb scales (``_limb_scale``; for two objects without limbs, the image's
+    median). With ``Topology.limb_lengths`` a head seen alone (short limbs) and a leg are
+    measured alike; without them every edge counts as one limb.
     The closest pair of objects is joined while ``q <= threshold``, then the joined object's
     gaps to the others are measured again (its parts and scale changed): pieces of one object
     find each other closest first, and a piece between two objects goes to the closer one.
@@ -341,12 +359,12 @@ def step6b_join_fragments(table, edge_sum, xy, edges, hops, threshold: float):
     if threshold <= 0 or n < 2:
         return table, edge_sum
     table, edge_sum = table.copy(), edge_sum.copy()
-    limb = np.array([_limb_scale(t, xy, edges) for t in table])
+    limb = np.array([_limb_scale(t, xy, edges, graph.unit) for t in table])
     image = float(np.median(limb[np.isfinite(limb)])) if np.isfinite(limb).any() else math.nan
     q = np.full((n, n), math.inf)  # gaps of pairs i < j; inf below the diagonal
     for i in range(n):
         for j in range(i + 1, n):
-            q[i, j] = _join_gap(table[i], table[j], limb[i], limb[j], image, xy, hops)
+            q[i, j] = _join_gap(table[i], table[j], limb[i], limb[j], image, xy, graph)
     while True:
         i, j = np.unravel_index(int(np.argmin(q)), q.shape)  # first minimum in (i, j) order
         if not q[i, j] <= threshold:
@@ -355,11 +373,11 @@ def step6b_join_fragments(table, edge_sum, xy, edges, hops, threshold: float):
         table[j] = -1
         edge_sum[i] += edge_sum[j]
         q[j, :] = q[:, j] = math.inf
-        limb[i] = _limb_scale(table[i], xy, edges)
+        limb[i] = _limb_scale(table[i], xy, edges, graph.unit)
         for m in np.flatnonzero((table >= 0).any(1)).tolist():
             if m != i:
                 a, b = min(i, m), max(i, m)
-                q[a, b] = _join_gap(table[a], table[b], limb[a], limb[b], image, xy, hops)
+                q[a, b] = _join_gap(table[a], table[b], limb[a], limb[b], image, xy, graph)
     alive = (table >= 0).any(1)
     return table[alive], edge_sum[alive]
 
@@ -389,7 +407,7 @@ class ReferenceDecoder(DecoderBase):
 
     def __init__(self, topology, **params) -> None:
         super().__init__(topology, **params)
-        self.hops = graph_hops(topology.num_parts, self.edges)
+        self.graph = join_graph(topology)
 
     def _decode(self, heat, paf, maxpool) -> Decoded:
         is_peak = step1_nms(heat, self.maxpool_kernel, maxpool)
@@ -406,7 +424,7 @@ class ReferenceDecoder(DecoderBase):
         table, edge_sum, accepted = step5_match(part, cscore, edge, a, b, ok, k, e)
         table, edge_sum = step6_merge_split(table, edge_sum, score, xy, self.threshold_split_score)
         table, edge_sum = step6b_join_fragments(
-            table, edge_sum, xy, self.edges, self.hops, self.threshold_join_fragments
+            table, edge_sum, xy, self.edges, self.graph, self.threshold_join_fragments
         )
         objects, oscore = step5_filter(table, edge_sum, score, e, self)
         return Decoded(
