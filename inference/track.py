@@ -238,7 +238,7 @@ def _pair_mean(pose, det, inv_scale2, inv_s2, oks):  # pragma: no cover - compil
 
 @njit(cache=True, nogil=True)
 def _inv_area(box):  # pragma: no cover - compiled
-    """1 / s^2 of a pose's (4,) box: its area, at least MIN_AREA (0 for an empty box)."""
+    """1 / s^2 of a pose's (4,) box: its area, at least MIN_AREA (an empty box counts as 0)."""
     area = (box[2] - box[0]) * (box[3] - box[1])
     return 1.0 / max(area if np.isfinite(area) else 0.0, MIN_AREA)
 
@@ -287,10 +287,9 @@ def _track_frame(
     """One frame of ``Tracker`` on ``dets`` (M, K, 2+): drop, the two assignment rounds,
     births, One Euro; each skeleton's track id ends in ``idx[DET_ID, :M]``. Returns 0 when the
     frame is done, -1 when the arrays need room for M more tracks, -2 for skeletons of another
-    shape (nothing changed), or the round (1, 2) whose
-    OKS matrix is not a set of stars (``_star_pairs``): the caller runs the Hungarian
-    algorithm on it (``_round_oks``) and goes on with ``_resume_frame``. (Few arguments:
-    numba's call costs ~0.1 us per array.)"""
+    shape (nothing changed), or the round (1, 2) whose OKS matrix is not a set of stars
+    (``_star_pairs``): the caller runs the Hungarian algorithm on it (``_round_oks``) and goes
+    on with ``_resume_frame``. (Few arguments: numba's call costs ~0.1 us per array.)"""
     return _resume_frame(pos, vel, tint, params, dets, frame, idx, 0, _NO_PAIRS)
 
 
