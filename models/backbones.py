@@ -1,9 +1,11 @@
-"""Feature trunks (stride 32) cut out of torchvision classifiers, and their ImageNet weights.
+"""Feature trunks cut out of torchvision classifiers, and their ImageNet weights.
 
 A trunk is any torchvision classification model (``torchvision.models.get_model`` name) cut at
 one graph node by torchvision's feature extraction (``create_feature_extractor``): ``layer4`` of a
 ResNet, ``features.norm5`` of a DenseNet (as trt_pose: no final ReLU), ``features`` of a
-MobileNetV3, ``conv5`` of a ShuffleNetV2. Everything after the node (pooling, classifier) is
+MobileNetV3, ``conv5`` of a ShuffleNetV2 (all stride 32). An earlier node gives a shallower trunk
+of stride 16 or 8 (``layer3`` / ``layer2`` of a ResNet): finer features and fewer upsampling
+stages in the heads; ``trunk.stride`` is measured, not assumed. Everything after the node (pooling, classifier) is
 dropped and the kept submodules keep torchvision's names, so ImageNet and trt_pose state dicts load
 without renaming. A new trunk is a model YAML naming the model and its node (``backbone``,
 ``feature_node``). ``tiny`` is a small plain CNN for tests and CPU smoke runs, without weights.
@@ -27,7 +29,7 @@ from torch import fx, nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
 OFFLINE_HINT = "model.pretrained=false"
-STRIDE = 32
+STRIDES = (8, 16, 32)  # the trunk strides the heads accept
 # The node of the torchvision families whose model YAMLs predate ``feature_node`` (checkpoints
 # store the model config, so old ones must still build).
 LEGACY_NODES = {"resnet": "layer4", "densenet": "features.norm5"}
@@ -61,14 +63,15 @@ def build_trunk(
     pretrained: bool = False,
     weights_url: str | None = None,
 ) -> nn.Module:
-    """A stride-32 trunk with ``out_channels``; ImageNet weights loaded when ``pretrained``."""
+    """A trunk with ``out_channels`` and ``stride`` (8, 16 or 32); ImageNet weights loaded when
+    ``pretrained``."""
     if name == "tiny":
         if pretrained:
             raise ValueError(f"backbone 'tiny' has no pretrained weights; set {OFFLINE_HINT}")
         trunk: nn.Module = TinyTrunk()
     else:
         trunk = _torchvision_trunk(name, _node(name, feature_node), pretrained, weights_url)
-    trunk.out_channels = _check_stride(trunk, name)
+    trunk.out_channels, trunk.stride = _measure(trunk, name)
     return trunk
 
 
@@ -80,7 +83,7 @@ def _node(name: str, feature_node: str | None) -> str:
             return node
     raise ValueError(
         f"backbone {name!r} needs model.feature_node: the torchvision graph node with the stride-32 "
-        "features (see torchvision.models.feature_extraction.get_graph_node_names)"
+        "(or 16, 8) features (see torchvision.models.feature_extraction.get_graph_node_names)"
     )
 
 
@@ -140,19 +143,22 @@ def _fetching(name: str, url: str, fetch: Callable[[], T]) -> T:
         ) from e
 
 
-def _check_stride(trunk: nn.Module, name: str) -> int:
-    """The trunk's channel count, from one small forward; a trunk that is not stride 32 is an error."""
+def _measure(trunk: nn.Module, name: str) -> tuple[int, int]:
+    """The trunk's channel count and stride, from one small forward; a stride the heads cannot
+    take (not 8, 16 or 32) is an error."""
+    size = 2 * max(STRIDES)
     was_training = trunk.training
     trunk.eval()
     with torch.no_grad():
-        y = trunk(torch.zeros(1, 3, 2 * STRIDE, 2 * STRIDE))  # (1, C, 2, 2) at stride 32
+        y = trunk(torch.zeros(1, 3, size, size))  # (1, C, size/s, size/s)
     trunk.train(was_training)
-    if tuple(y.shape[2:]) != (2, 2):
+    h, w = y.shape[2:]
+    if h != w or size % h or size // h not in STRIDES:
         raise ValueError(
-            f"backbone {name!r}: its feature node gives {tuple(y.shape[2:])} maps for a 64x64 input; "
-            f"the heads need stride {STRIDE} (2x2)"
+            f"backbone {name!r}: its feature node gives {(h, w)} maps for a {size}x{size} input; "
+            f"the heads need stride {' or '.join(map(str, STRIDES))}"
         )
-    return int(y.shape[1])
+    return int(y.shape[1]), size // h
 
 
 def imagenet_weights_url(name: str) -> str:

@@ -7,7 +7,8 @@ a 1x1 conv to K heatmap / 2E PAF channels. Outputs are linear (no activation): t
 against targets in [0, 1] and [-1, 1].
 
 Output stride = 32 / 2**n: stride 4 (n = 3) is the trt_pose default (224 -> 56x56 maps); stride 2
-(n = 4) suits small inputs.
+(n = 4) suits small inputs. A trunk cut earlier (stride 16 or 8, e.g. ``feature_node: layer3``)
+needs fewer stages: n = log2(trunk stride / output stride).
 
 The head's submodule names are trt_pose's (``cmap_up``, ``paf_up``, ``cmap_att``, ``paf_att``,
 ``cmap_conv``, ``paf_conv``) so ``convert_trt_pose_state_dict`` maps a trt_pose checkpoint onto
@@ -25,8 +26,6 @@ from torch import nn
 
 from models.backbones import build_trunk
 from models.contract import IMAGENET_MEAN, IMAGENET_STD
-
-TRUNK_STRIDE = 32
 
 
 def upsample_cbr(cin: int, cout: int, count: int, num_flat: int = 0) -> nn.Sequential:
@@ -91,18 +90,20 @@ class PoseNet(nn.Module):
         name: str | None = None,
     ) -> None:
         super().__init__()
-        n = math.log2(TRUNK_STRIDE / stride) if stride > 0 else -1
-        if stride <= 0 or n != int(n) or not 1 <= n <= 5:
-            raise ValueError(
-                f"model stride must be 32 / 2**n for n in 1..5 (16, 8, 4, 2, 1); got {stride}"
-            )
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise ValueError(f"model mean/std must be 3 values (std > 0); got {mean}, {std}")
         self.name = name or f"{backbone}_baseline_att"
-        self.stride = int(stride)
         self.num_parts = int(num_parts)
         self.num_paf_channels = int(num_paf_channels)
         self.backbone = build_trunk(backbone, feature_node, pretrained, weights_url)
+        trunk_stride = self.backbone.stride
+        n = math.log2(trunk_stride / stride) if stride > 0 else -1
+        if stride <= 0 or n != int(n) or not 1 <= n <= 5:
+            raise ValueError(
+                f"model stride must be {trunk_stride} / 2**n for n >= 1 (the trunk "
+                f"{backbone}:{feature_node} has stride {trunk_stride}); got {stride}"
+            )
+        self.stride = int(stride)
         self.head = CmapPafHeadAttention(
             self.backbone.out_channels,
             num_parts,

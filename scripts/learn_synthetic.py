@@ -22,10 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -50,6 +52,62 @@ def cpu_seconds(pid: int) -> float:
     except (OSError, ValueError):
         return float("nan")
     return total / CLOCK_TICKS
+
+
+def lines_of(stream) -> queue.Queue:
+    """A queue fed with ``stream``'s lines by a thread (None at the end), so the budget can be
+    checked every second and not only when the training prints (one line per epoch)."""
+    q: queue.Queue = queue.Queue()
+
+    def pump() -> None:
+        for line in stream:
+            q.put(line)
+        q.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return q
+
+
+def stop(proc: subprocess.Popen) -> int:
+    """SIGINT (the run keeps its last finished epoch), SIGTERM if it has not ended in 60 s."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        return proc.wait()
+
+
+def watch(
+    proc: subprocess.Popen, args: argparse.Namespace, t0: float, cores: int
+) -> tuple[list[dict], bool]:
+    """Each epoch's val AP with both clocks, printed as it comes, until the run ends or the
+    budget is spent; returns the rows and whether the budget stopped it."""
+    history: list[dict] = []
+    lines = lines_of(proc.stdout)
+    while True:
+        try:
+            line = lines.get(timeout=1.0)
+        except queue.Empty:
+            line = ""
+        if line is None:
+            return history, False
+        wall = (time.perf_counter() - t0) / 60
+        cpu = cpu_seconds(proc.pid) / 60 / cores
+        m = EPOCH_LINE.search(line)
+        if m:
+            row = {"epoch": int(m[1]), "wall_minutes": round(wall, 2)}
+            row.update(cpu_minutes_per_core=round(cpu, 2), ap=float(m[2]))
+            history.append(row)
+            print(
+                f"epoch {row['epoch']:3d}  wall {wall:6.2f} min  "
+                f"cpu/cores {cpu:6.2f} min  val AP {row['ap']:.3f}  (load {load()})",
+                flush=True,
+            )
+        elif "Error" in line or "Traceback" in line:
+            print(line, end="", flush=True)
+        if (wall if args.clock == "wall" else cpu) >= args.minutes:
+            return history, True
 
 
 def load() -> str:
@@ -87,29 +145,9 @@ def main() -> None:
         bufsize=1,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},  # each epoch's line as soon as it is logged
     )
-    history, cpu = [], 0.0
-    timed_out = False
     key = "wall_minutes" if args.clock == "wall" else "cpu_minutes_per_core"
-    for line in proc.stdout:
-        wall = (time.perf_counter() - t0) / 60
-        cpu = cpu_seconds(proc.pid) / 60 / cores
-        m = EPOCH_LINE.search(line)
-        if m:
-            row = {"epoch": int(m[1]), "wall_minutes": round(wall, 2)}
-            row.update(cpu_minutes_per_core=round(cpu, 2), ap=float(m[2]))
-            history.append(row)
-            print(
-                f"epoch {row['epoch']:3d}  wall {wall:6.2f} min  "
-                f"cpu/cores {cpu:6.2f} min  val AP {row['ap']:.3f}  (load {load()})",
-                flush=True,
-            )
-        elif "Error" in line or "Traceback" in line:
-            print(line, end="", flush=True)
-        if (wall if args.clock == "wall" else cpu) >= args.minutes:
-            timed_out = True
-            proc.send_signal(signal.SIGINT)  # stop; last.pth holds the last finished epoch
-            break
-    rc = proc.wait()
+    history, timed_out = watch(proc, args, t0, cores)
+    rc = stop(proc) if timed_out else proc.wait()
     if rc and not timed_out:
         sys.exit(f"training failed (exit {rc}); rerun the command above to see why")
     within = [h for h in history if h[key] <= args.minutes]

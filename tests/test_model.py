@@ -206,9 +206,22 @@ def test_a_new_trunk_is_one_yaml():
     assert not any(k.startswith("backbone.classifier") for k in m.state_dict())
 
 
-def test_trunk_node_that_is_not_stride_32_is_a_clear_error():
-    with pytest.raises(ValueError, match="stride 32"):
-        build_model(model_cfg("resnet18_baseline_att", feature_node="layer3"), TOPO)
+def test_trunk_cut_at_stride_16_gets_two_upsampling_stages():
+    # resnet18 cut after layer3 (256 channels at stride 16): maps at stride 4 from 2 stages
+    m = build_model(model_cfg("resnet18_baseline_att", feature_node="layer3"), TOPO).eval()
+    assert (m.backbone.out_channels, m.backbone.stride, m.stride) == (256, 16, 4)
+    assert sum(isinstance(x, torch.nn.ConvTranspose2d) for x in m.head.cmap_up) == 2
+    assert not any(k.startswith("backbone.layer4") for k in m.state_dict())
+    with torch.no_grad():
+        heat, paf = m(torch.rand(1, 3, 64, 96))
+    assert heat.shape == (1, 18, 16, 24) and paf.shape == (1, 42, 16, 24)
+
+
+def test_trunk_node_of_a_stride_the_heads_cannot_take_is_a_clear_error():
+    with pytest.raises(ValueError, match="heads need stride 8 or 16 or 32"):
+        build_model(model_cfg("resnet18_baseline_att", feature_node="layer1"), TOPO)
+    with pytest.raises(ValueError, match="model stride must be 16 / 2"):
+        build_model(model_cfg("resnet18_baseline_att", feature_node="layer3", stride=16), TOPO)
     with pytest.raises(ValueError, match="needs model.feature_node"):
         build_model(model_cfg("tiny", backbone="mobilenet_v3_small"), TOPO)
     with pytest.raises(ValueError, match="not a torchvision classification model"):
