@@ -89,6 +89,19 @@ def test_smoke_is_offline_and_small():
     assert max(c["data"]["input_size"]) <= 160 and c["epochs"] <= 5
 
 
+def test_synthetic_is_offline_with_a_layer3_trunk_whose_maps_fit_the_targets():
+    c = OmegaConf.to_container(_compose("train", ["experiment=synthetic"]), resolve=True)
+    assert c["model"]["pretrained"] is False and c["data"]["name"] == "synthetic"
+    topo = topology_from_config(c["topology"])
+    m = build_model(c["model"], topo).eval()
+    assert m.backbone.stride == 16 and m.stride == c["targets"]["stride"] == 4
+    h, w = c["data"]["input_size"]
+    with torch.no_grad():
+        heat, paf = m(torch.rand(1, 3, h, w))
+    assert heat.shape == (1, topo.num_parts, h // 4, w // 4)
+    assert paf.shape == (1, topo.num_paf_channels, h // 4, w // 4)
+
+
 def test_train_defaults():
     c = _compose("train")
     assert c.model.name == "resnet18_baseline_att" and c.data.name == "synthetic"
