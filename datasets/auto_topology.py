@@ -25,9 +25,10 @@ ONNX metadata), so no later stage derives it again.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -77,14 +78,14 @@ def resolve_topology(
     topo = _with_sigmas(topo, cfg)
     if cfg.get("limb_lengths"):  # before connect, which measures those of the edges it adds
         topo = _replaced(topo, "limb_lengths", [float(x) for x in cfg["limb_lengths"]])
-    topo = _connected(topo, cfg.get("connect"), kfile)
-    if kfile is not None and not topo.limb_lengths:
-        topo = Topology.from_dict(
-            {
-                **topo.to_dict(),
-                "limb_lengths": limb_lengths(topo.edges, mean_distances(kfile, topo)),
-            }
-        )
+    # the annotations' keypoint distances, measured once and only where needed (connect, lengths)
+    measured = (
+        None if kfile is None else functools.cache(functools.partial(mean_distances, kfile, topo))
+    )
+    topo = _connected(topo, cfg.get("connect"), measured)
+    if measured is not None and not topo.limb_lengths:
+        lengths = limb_lengths(topo.edges, measured())
+        topo = Topology.from_dict({**topo.to_dict(), "limb_lengths": lengths})
     return topo
 
 
@@ -155,10 +156,11 @@ def _replaced(topo: Topology, key: str, value: Any) -> Topology:
 CONNECT = ("auto", "redundant")
 
 
-def _connected(topo: Topology, connect: Any, kfile: KeypointFile | None) -> Topology:
+def _connected(topo: Topology, connect: Any, measured: Callable[[], np.ndarray] | None) -> Topology:
     """Refuse a topology without edges or in pieces, unless ``connect`` may join them: ``auto``
     adds the fewest joining edges; ``redundant`` also adds a second spanning tree, so that one
-    unlabelled or unseen keypoint does not split an object in two (more PAF channels)."""
+    unlabelled or unseen keypoint does not split an object in two (more PAF channels).
+    ``measured()``: the annotations' ``mean_distances`` (None: no annotation file)."""
     mode = str(connect).lower() if connect not in (None, False) else "none"
     if mode not in ("none", "null", *CONNECT):
         raise UsageError(f"topology.connect={connect!r}: use null, auto or redundant")
@@ -166,9 +168,9 @@ def _connected(topo: Topology, connect: Any, kfile: KeypointFile | None) -> Topo
     joined = len(pieces) == 1 and topo.num_edges > 0
     if joined and mode != "redundant":
         return topo
-    if kfile is None or (not joined and mode not in CONNECT):
-        raise UserError(_pieces_message(topo, pieces, kfile is not None, mode))
-    dist = mean_distances(kfile, topo)
+    if measured is None or (not joined and mode not in CONNECT):
+        raise UserError(_pieces_message(topo, pieces, measured is not None, mode))
+    dist = measured()
     added = [] if joined else joining_edges(topo.num_parts, topo.edges, dist)
     if added:
         log.info(

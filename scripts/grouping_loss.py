@@ -16,8 +16,6 @@ images with the largest per-image AP loss. Tune grouping on one file, check on t
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -77,8 +75,7 @@ def split_and_mixed(objects, owner, num_true: int) -> tuple[int, int]:
 
 
 def image_ap(gt, results, image_id: int) -> float:
-    with contextlib.redirect_stdout(io.StringIO()):
-        return evaluate(gt, results, image_ids=[image_id], verbose=False)["AP"]
+    return evaluate(gt, results, image_ids=[image_id], verbose=False)["AP"]
 
 
 def run_size(gt, topo, cat, input_hw, radius: float) -> dict:
