@@ -337,15 +337,17 @@ def _step6_merge_split(table, edge_sum, score, xy, lim):
 
 @njit(**_JIT)
 def _limb_scale(t, xy, edges, unit):
-    total, n = 0.0, 0
+    """Step 6b's size of an object (see ``reference._limb_scale``)."""
+    best = math.nan
     for e in range(edges.shape[0]):
         ka, kb = edges[e, 0], edges[e, 1]
         if t[ka] >= 0 and t[kb] >= 0:
             dx = xy[t[kb], 0] - xy[t[ka], 0]
             dy = xy[t[kb], 1] - xy[t[ka], 1]
-            total += math.sqrt(dx * dx + dy * dy) / unit[e]
-            n += 1
-    return total / n if n else math.nan
+            v = math.sqrt(dx * dx + dy * dy) / unit[e]
+            if math.isnan(best) or v > best:
+                best = v
+    return best
 
 
 @njit(**_JIT)
@@ -362,7 +364,7 @@ def _join_gap(ti, tj, si, sj, image, xy, paths, adjacent):
     s = image if math.isnan(s) else s
     if math.isnan(s) or s <= 0:
         return math.inf
-    q = math.inf
+    total, n = 0.0, 0
     kk = ti.size
     for ka in range(kk):
         if ti[ka] < 0:
@@ -375,8 +377,9 @@ def _join_gap(ti, tj, si, sj, image, xy, paths, adjacent):
             if math.isfinite(paths[ka, kb]):
                 dx = xy[tj[kb], 0] - xy[ti[ka], 0]
                 dy = xy[tj[kb], 1] - xy[ti[ka], 1]
-                q = min(q, math.sqrt(dx * dx + dy * dy) / paths[ka, kb] / s)
-    return q
+                total += math.sqrt(dx * dx + dy * dy) / paths[ka, kb] / s
+                n += 1
+    return total / n if n else math.inf
 
 
 @njit(**_JIT)
