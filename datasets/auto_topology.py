@@ -17,9 +17,7 @@ and report it the same way:
   ``connect: redundant`` also adds a second spanning tree over the pairs not yet linked, so one
   unlabelled keypoint no longer splits an object (about twice the PAF channels);
 * ``limb_lengths``: given, or each edge's mean length in the annotations relative to object size
-  (the decoder's unit when it joins pieces of one object), printed with the topology;
-* ``part_distances``: given, or the mean distance between every two keypoints in the same unit
-  (how far apart the decoder expects two pieces of one object).
+  (the decoder's unit when it joins pieces of one object), printed with the topology.
 
 The result is a plain :class:`Topology`; commands store ``topology.to_dict()`` (config, checkpoint,
 ONNX metadata), so no later stage derives it again.
@@ -80,10 +78,6 @@ def resolve_topology(
     topo = _with_sigmas(topo, cfg)
     if cfg.get("limb_lengths"):  # before connect, which measures those of the edges it adds
         topo = _replaced(topo, "limb_lengths", [float(x) for x in cfg["limb_lengths"]])
-    if cfg.get("part_distances"):
-        topo = _replaced(
-            topo, "part_distances", [[float(x) for x in r] for r in cfg["part_distances"]]
-        )
     # the annotations' keypoint distances, measured once and only where needed (connect, lengths)
     measured = (
         None if kfile is None else functools.cache(functools.partial(mean_distances, kfile, topo))
@@ -92,8 +86,6 @@ def resolve_topology(
     if measured is not None and not topo.limb_lengths:
         lengths = limb_lengths(topo.edges, measured())
         topo = Topology.from_dict({**topo.to_dict(), "limb_lengths": lengths})
-    if measured is not None and not topo.part_distances:
-        topo = Topology.from_dict({**topo.to_dict(), "part_distances": part_distances(measured())})
     return topo
 
 
@@ -267,14 +259,6 @@ def limb_lengths(edges, dist: np.ndarray, fill: float | None = None) -> list[flo
     return [round(x, 4) if math.isfinite(x) and x > 0 else fill for x in measured]
 
 
-def part_distances(dist: np.ndarray) -> list[list[float]]:
-    """``mean_distances`` as ``Topology.part_distances``: rounded, 0 on the diagonal and for pairs
-    never labelled together (unknown)."""
-    d = np.where(np.isfinite(dist), np.round(dist, 4), 0.0)
-    np.fill_diagonal(d, 0.0)
-    return d.tolist()
-
-
 def stored_config(topology: Topology, topology_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     """The resolved topology as a config node (what a run's config and checkpoint keep), with
     the resolution keys that later readers of the data still need (``keypoint_map``)."""
@@ -293,7 +277,7 @@ def write_topology_yaml(topology: Topology, path: str | Path | None = None) -> P
     text = (
         f"# {topology.name}: derived by python -m datasets.topology; labels, directed edges "
         "[from, to],\n# edges_paf [x_channel, y_channel] per edge, flip_pairs, OKS sigmas, "
-        "limb_lengths and part_distances (mean, / sqrt(area))\n"
+        "limb_lengths (mean, / sqrt(area))\n"
     )
     d = {**topology.to_dict(), "connect": None, "keypoint_map": None}
     text += yaml.safe_dump(d, sort_keys=False, default_flow_style=None, width=100)
@@ -320,13 +304,6 @@ def describe(topology: Topology) -> str:
                 for (a, b), x in zip(t.edges, t.limb_lengths, strict=True)
             )
             or "all alike"
-        ),
-        "part_distances: "
-        + (
-            f"{sum(x > 0 for r in t.part_distances for x in r) // 2} of "
-            f"{t.num_parts * (t.num_parts - 1) // 2} pairs measured"
-            if t.part_distances
-            else "none (the decoder uses limb lengths along the skeleton)"
         ),
     ]
     return "\n".join(lines)

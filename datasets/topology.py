@@ -65,11 +65,7 @@ class Topology:
     ``sigmas`` are the OKS falloffs per label (default: COCO's by name, ``DEFAULT_SIGMA``
     otherwise); ``limb_lengths`` the typical length of each edge in any unit (e.g. relative to
     the object's size; only their ratios matter): the decoder measures an object's size in them
-    when it joins pieces of one object (default: all edges alike); ``part_distances`` (K x K,
-    symmetric, optional) the typical distance between every two parts in the same unit (0 where
-    unknown): how far apart pieces of one object usually lie (without it the decoder uses the
-    sum of limb lengths along the skeleton, the reach, which overrates far pairs such as wrist
-    and hip); ``hflip`` is false when a horizontal flip would swap unpaired left/right parts
+    when it joins pieces of one object (default: all edges alike); ``hflip`` is false when a horizontal flip would swap unpaired left/right parts
     (auto-derived topologies without recognisable side names), and training then does not flip.
     """
 
@@ -81,7 +77,6 @@ class Topology:
     sigmas: tuple[float, ...] = ()
     hflip: bool = True
     limb_lengths: tuple[float, ...] = ()
-    part_distances: tuple[tuple[float, ...], ...] = ()
     # COCO ids of the category this topology was built from, when there was one
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
@@ -95,8 +90,6 @@ class Topology:
         object.__setattr__(self, "sigmas", tuple(float(s) for s in sigmas))
         object.__setattr__(self, "hflip", bool(self.hflip))
         object.__setattr__(self, "limb_lengths", tuple(float(x) for x in self.limb_lengths))
-        rows = tuple(tuple(float(x) for x in r) for r in self.part_distances)
-        object.__setattr__(self, "part_distances", rows)
         self.validate()
 
     # ---------------------------------------------------------------- shape
@@ -150,31 +143,11 @@ class Topology:
                 f"topology {self.name!r}: limb_lengths must be {self.num_edges} positive numbers "
                 f"(one per edge) or empty, got {list(lengths)}"
             )
-        self._validate_part_distances()
         seen: set[int] = set()
         for a, b in self.flip_pairs:
             if not (0 <= a < k and 0 <= b < k) or a == b or a in seen or b in seen:
                 raise ValueError(f"topology {self.name!r}: bad flip pair {[a, b]}")
             seen.update((a, b))
-
-    def _validate_part_distances(self) -> None:
-        d, k = self.part_distances, self.num_parts
-        if not d:
-            return
-        m = [list(r) for r in d]
-        if len(m) != k or any(len(r) != k for r in m):
-            raise ValueError(
-                f"topology {self.name!r}: part_distances must be a {k} x {k} matrix (one row and "
-                f"column per label) or empty, got {len(m)} rows of {sorted({len(r) for r in m})}"
-            )
-        bad = [(i, j) for i in range(k) for j in range(k)
-               if not (m[i][j] >= 0 and math.isfinite(m[i][j])) or m[i][j] != m[j][i]]  # fmt: skip
-        if bad:
-            i, j = bad[0]
-            raise ValueError(
-                f"topology {self.name!r}: part_distances[{i}][{j}] = {m[i][j]} (and [{j}][{i}] = "
-                f"{m[j][i]}): entries must be finite, >= 0 (0: unknown) and symmetric"
-            )
 
     def flip_permutation(self) -> list[int]:
         """Part index permutation of a horizontal flip: new part i takes old part perm[i]."""
@@ -195,7 +168,6 @@ class Topology:
             "sigmas": list(self.sigmas),
             "hflip": self.hflip,
             "limb_lengths": list(self.limb_lengths),
-            "part_distances": [list(r) for r in self.part_distances],
         }
 
     @classmethod
@@ -216,7 +188,6 @@ class Topology:
             sigmas=tuple(d.get("sigmas") or ()),
             hflip=bool(d.get("hflip", True)),
             limb_lengths=tuple(d.get("limb_lengths") or ()),
-            part_distances=tuple(tuple(r) for r in (d.get("part_distances") or ())),
         )
 
     @classmethod

@@ -323,8 +323,6 @@ def decoder_config(info: ModelInfo, output_scale: Sequence[int] | None = None) -
     }
     if topo.limb_lengths:  # this toolkit's step 6b (joining pieces of one object) measures in them
         cfg["limb_lengths"] = list(topo.limb_lengths)
-    if topo.part_distances:  # and how far apart it expects the pieces
-        cfg["part_distances"] = [list(r) for r in topo.part_distances]
     cfg.update({k: v for k, v in info.decoder.items() if k not in cfg})
     return cfg
 

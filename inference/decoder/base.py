@@ -26,7 +26,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "threshold_part_counter": 0,
     "threshold_object_score": 0.02,
     "threshold_split_score": 2.0,
-    "threshold_join_fragments": 2.5,
+    "threshold_join_fragments": 2.0,
     "refine_parts_coordinates": True,
     "refine_method": "quadratic",
     "output_scale": None,

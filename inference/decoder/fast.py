@@ -364,7 +364,7 @@ def _join_gap(ti, tj, si, sj, image, xy, paths, adjacent):
     s = image if math.isnan(s) else s
     if math.isnan(s) or s <= 0:
         return math.inf
-    total, n = 0.0, 0
+    q = math.inf
     kk = ti.size
     for ka in range(kk):
         if ti[ka] < 0:
@@ -377,9 +377,8 @@ def _join_gap(ti, tj, si, sj, image, xy, paths, adjacent):
             if math.isfinite(paths[ka, kb]):
                 dx = xy[tj[kb], 0] - xy[ti[ka], 0]
                 dy = xy[tj[kb], 1] - xy[ti[ka], 1]
-                total += math.sqrt(dx * dx + dy * dy) / paths[ka, kb] / s
-                n += 1
-    return total / n if n else math.inf
+                q = min(q, math.sqrt(dx * dx + dy * dy) / paths[ka, kb] / s)
+    return q
 
 
 @njit(**_JIT)

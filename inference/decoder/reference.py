@@ -27,9 +27,8 @@ is one function named after the Isaac step it implements, with Isaac's parameter
 6. Merging split graphs: objects whose common parts all lie within ``threshold_split_score``
    map pixels are one object seen twice; they merge, keeping the stronger peak of each part.
 6b. Joining fragments (beyond Isaac): part-disjoint objects that no PAF links, pieces of one
-   object whose linking parts are not seen, are joined closest pair first while their gap (the
-   mean distance of their parts in typical distances of those parts, ``part_distances``) is at
-   most ``threshold_join_fragments``.
+   object whose linking parts are not seen, are joined closest pair first while their gap (in
+   limb lengths per topology edge between them) is at most ``threshold_join_fragments``.
 5b. Filters: objects need more than ``threshold_part_counter`` parts and a score of at least
    ``threshold_object_score``; the score is (sum of part confidences + sum of edge scores) /
    (K + E), 1.0 for a complete object seen with full confidence. The ``max_objects`` best
@@ -277,9 +276,9 @@ def step6_merge_split(table, edge_sum, score, xy, threshold_split_score: float):
 
 class JoinGraph(NamedTuple):
     """What step 6b uses of the topology: ``unit`` (E,) each edge's typical length relative to
-    the mean edge (``Topology.limb_lengths``; all 1 without them), ``paths`` (K, K) how far
-    apart two parts of one object typically lie in those units (0 on the diagonal, inf where
-    nothing joins them) and ``adjacent`` (K, K) whether an edge joins two parts."""
+    the mean edge (``Topology.limb_lengths``; all 1 without them), ``paths`` (K, K) the typical
+    length of the shortest path of edges between two parts in those units (0 on the diagonal,
+    inf where no path joins them) and ``adjacent`` (K, K) whether an edge joins two parts."""
 
     unit: np.ndarray
     paths: np.ndarray
@@ -287,10 +286,7 @@ class JoinGraph(NamedTuple):
 
 
 def join_graph(topology) -> JoinGraph:
-    """The topology's ``JoinGraph``. ``paths``: ``Topology.part_distances`` where known (scaled
-    so that their edges' mean is the mean edge's), else the typical length of the shortest path
-    of edges between the two parts (Floyd-Warshall): the reach, which overrates parts a path
-    apart that usually lie close (a wrist and a hip)."""
+    """The topology's ``JoinGraph`` (Floyd-Warshall over the edges' typical lengths)."""
     edges = np.asarray(topology.edges, np.int64).reshape(-1, 2)
     lengths = np.asarray(topology.limb_lengths or [1.0] * len(edges), np.float64)
     unit = lengths / lengths.mean() if len(lengths) else lengths
@@ -302,12 +298,6 @@ def join_graph(topology) -> JoinGraph:
         adjacent[a, b] = adjacent[b, a] = True
     for m in range(k):
         paths = np.minimum(paths, paths[:, m : m + 1] + paths[m : m + 1, :])
-    typical = np.asarray(topology.part_distances or np.zeros((k, k)), np.float64)
-    on_edges = typical[edges[:, 0], edges[:, 1]] if len(edges) else typical[:0, 0]
-    if (on_edges > 0).any():  # their unit, whatever it is, becomes the mean edge's
-        typical = typical / on_edges[on_edges > 0].mean()
-        known = typical > 0
-        paths[known] = typical[known]
     return JoinGraph(unit, paths, adjacent)
 
 
@@ -331,27 +321,25 @@ def _fmin(a: float, b: float) -> float:
 
 
 def _join_gap(ti, tj, si: float, sj: float, image: float, xy, graph: JoinGraph) -> float:
-    """How far apart two objects are for step 6b: the mean over pairs of their parts of
-    distance / (the pair's typical distance, ``JoinGraph.paths``), in limb scales (1: as far
-    apart as two parts of one object usually are). inf: a common part, no pair with a typical
-    distance, or an edge of the topology between a part of each: step 4 scored that limb and
-    step 5 did not take it, so the PAF says they are apart."""
+    """How far apart two objects are for step 6b: the smallest distance / (typical length of
+    the topology path) over pairs of their parts, in limb scales. inf: a common part, no path, or
+    an edge of the topology between a part of each: step 4 scored that limb and step 5 did not
+    take it, so the PAF says they are apart."""
     if ((ti >= 0) & (tj >= 0)).any():
         return math.inf
-    s = _fmin(si, sj)  # the smaller object's size: a large object does not pull in far pieces
+    s = _fmin(si, sj)  # the smaller size: a large object does not pull in far pieces
     s = image if math.isnan(s) else s
     if math.isnan(s) or s <= 0:
         return math.inf
-    total, n = 0.0, 0
+    q = math.inf
     for ka in np.flatnonzero(ti >= 0).tolist():
         for kb in np.flatnonzero(tj >= 0).tolist():
             if graph.adjacent[ka, kb]:
                 return math.inf
             if math.isfinite(graph.paths[ka, kb]):
                 d = xy[tj[kb]] - xy[ti[ka]]
-                total += math.sqrt(d[0] * d[0] + d[1] * d[1]) / graph.paths[ka, kb] / s
-                n += 1
-    return total / n if n else math.inf
+                q = min(q, math.sqrt(d[0] * d[0] + d[1] * d[1]) / graph.paths[ka, kb] / s)
+    return q
 
 
 def step6b_join_fragments(table, edge_sum, xy, edges, graph: JoinGraph, threshold: float):
@@ -359,12 +347,11 @@ def step6b_join_fragments(table, edge_sum, xy, edges, graph: JoinGraph, threshol
     seen (e.g. a person without a neck falls apart into head, arms and legs).
 
     Two objects with no part in common and no topology edge between their parts (the PAF
-    already said no to that limb) are ``q`` apart (``_join_gap``): the mean over pairs of their
-    parts of distance / the pair's typical distance (``Topology.part_distances``, else the
-    limb lengths along the skeleton between them), in units of the smaller of their sizes
-    (``_limb_scale``; for two objects without limbs, the image's median). With
-    ``Topology.limb_lengths`` a head seen alone (short limbs) and a leg are measured alike;
-    without them every edge counts as one limb.
+    already said no to that limb) are ``q`` apart (``_join_gap``): the distance of their
+    closest parts per typical length of the topology path between them, in units of the
+    smaller of their limb scales (``_limb_scale``; for two objects without limbs, the image's
+    median). With ``Topology.limb_lengths`` a head seen alone (short limbs) and a leg are
+    measured alike; without them every edge counts as one limb.
     The closest pair of objects is joined while ``q <= threshold``, then the joined object's
     gaps to the others are measured again (its parts and scale changed): pieces of one object
     find each other closest first, and a piece between two objects goes to the closer one.
