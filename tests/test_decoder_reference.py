@@ -40,11 +40,13 @@ def assert_identical(topology: Topology, heat, paf, mp=None, layout="chw", **par
         assert np.array_equal(s.keypoints, t.keypoints, equal_nan=True)
         assert s.score == t.score and s.num_parts == t.num_parts
         assert np.array_equal(s.peaks, t.peaks)
-    # the fast decoder's own skeleton path (keypoints built in the compiled core) agrees too
+    # the fast decoder's own skeleton path (keypoints built in the compiled core, rejected edge
+    # candidates sampled only until they cannot pass) agrees too
     direct = OpenPoseDecoder(topology, **params)(heat, paf, mp, layout)
     assert len(direct) == len(fast.skeletons)
     for s, t in zip(direct, fast.skeletons, strict=True):
         assert np.array_equal(s.keypoints, t.keypoints, equal_nan=True) and s.score == t.score
+        assert np.array_equal(s.peaks, t.peaks)
 
 
 def _people(n=2, hw=(56, 56)):

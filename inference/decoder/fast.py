@@ -217,7 +217,12 @@ def _dot(paf, cx, cy, r, c, ux, uy):
 
 
 @njit(**_JIT)
-def _step4_edge_scores(paf, xy, edge, a, b, edges_paf, steps, thr, counter):
+def _step4_edge_scores(paf, xy, edge, a, b, edges_paf, steps, thr, counter, exact):
+    """``exact`` false (the run-time call): a candidate stops being sampled once too few
+    samples are left to pass ``threshold_edge_sampling_counter``; its score and count are then
+    partial, but it is rejected all the same, and every candidate that passes is sampled in full,
+    so the skeletons do not change. In crowds most candidates join two people and stop after
+    ``steps - counter`` samples."""
     _, h, w = paf.shape
     t_ = edge.size
     score, count, ok = np.empty(t_), np.empty(t_, np.int64), np.empty(t_, np.bool_)
@@ -250,6 +255,8 @@ def _step4_edge_scores(paf, xy, edge, a, b, edges_paf, steps, thr, counter):
                 v = _dot(paf, cx, cy, r, c, ux, uy)
                 total += v
                 n += v > thr
+                if not exact and n + steps - 1 - s <= counter:  # cannot pass any more
+                    break
         score[t], count[t], ok[t] = total / steps, n, n > counter
     return score, count, ok
 
@@ -463,9 +470,10 @@ def _keypoints(objects, xy, score, fx, fy):
 
 
 @njit(**_JIT)
-def _decode_all(heat, paf, mp, use_mp, edges, edges_paf, graph, fparams, iparams, fx, fy):
-    """The whole decode. ``fparams``: threshold_heatmap, threshold_edge_score,
-    threshold_split_score, threshold_object_score, threshold_join_fragments;
+def _decode_all(heat, paf, mp, use_mp, edges, edges_paf, graph, fparams, iparams, fx, fy, exact):
+    """The whole decode (``exact``: every candidate's score and count in full). ``fparams``:
+    threshold_heatmap, threshold_edge_score, threshold_split_score, threshold_object_score,
+    threshold_join_fragments;
     ``iparams``: maxpool_kernel, max_peaks_per_part, refine (0/1), centroid (0/1),
     edge_sampling_steps, threshold_edge_sampling_counter, threshold_part_counter, max_objects."""
     kk = heat.shape[0]
@@ -474,7 +482,7 @@ def _decode_all(heat, paf, mp, use_mp, edges, edges_paf, graph, fparams, iparams
     xy = _step7_refine(heat, part, row, col, iparams[2] == 1, iparams[3] == 1)
     edge, a, b = _step3_candidates(part, edges, kk)
     cscore, count, ok = _step4_edge_scores(
-        paf, xy, edge, a, b, edges_paf, iparams[4], fparams[1], iparams[5]
+        paf, xy, edge, a, b, edges_paf, iparams[4], fparams[1], iparams[5], exact
     )
     table, edge_sum, accepted = _step5_match(part, cscore, edge, a, b, ok, kk, ne)
     table, edge_sum = _step6_merge_split(table, edge_sum, score, xy, fparams[2])
@@ -490,14 +498,19 @@ def _decode_all(heat, paf, mp, use_mp, edges, edges_paf, graph, fparams, iparams
 @njit(**_JIT)
 def decode_maps(heat, paf, mp, use_mp, edges, edges_paf, graph, fparams, iparams, fx, fy):
     """Every intermediate result (``Decoded``'s fields) and the keypoints (traces, tests)."""
-    return _decode_all(heat, paf, mp, use_mp, edges, edges_paf, graph, fparams, iparams, fx, fy)
+    return _decode_all(
+        heat, paf, mp, use_mp, edges, edges_paf, graph, fparams, iparams, fx, fy, True
+    )
 
 
 @njit(**_JIT)
 def decode_objects(heat, paf, mp, use_mp, edges, edges_paf, graph, fparams, iparams, fx, fy):
     """Objects, their scores and keypoints only: the run-time call (each array handed back to
-    Python costs about 0.3 us, and the 14 intermediate ones are not needed there)."""
-    d, kp = _decode_all(heat, paf, mp, use_mp, edges, edges_paf, graph, fparams, iparams, fx, fy)
+    Python costs about 0.3 us, and the 14 intermediate ones are not needed there); rejected
+    edge candidates stop being sampled early (``_step4_edge_scores``)."""
+    d, kp = _decode_all(
+        heat, paf, mp, use_mp, edges, edges_paf, graph, fparams, iparams, fx, fy, False
+    )
     return d[12], d[13], kp
 
 
