@@ -317,6 +317,23 @@ def test_limb_lengths_measure_a_head_and_hips_alike():
         assert one.num_parts == 7 and match([one], truth)[0][1] < 0.05
 
 
+@pytest.mark.parametrize("hips_dy", [100, 120])
+def test_fragment_size_is_its_longest_limb(hips_dy):
+    # two pieces of one person: the right arm (shoulder, elbow, wrist) and the hips and legs, far
+    # below (hips_dy). The upper arm points at the camera, so it looks a tenth of its length;
+    # the forearm shows the arm's real size. Measured by the mean of its limbs the arm looked
+    # half as large, the legs more than two reaches away, and the pieces stayed apart
+    t = person(112, 100, seed=3)
+    t[8, :2] = t[6, :2] + (2, 3)
+    t[10, :2] = t[8, :2] + (6, -24)
+    t[11:17, 1] += hips_dy
+    t[[0, 1, 2, 3, 4, 5, 7, 9, 17], 2] = 0
+    heat, paf = maps(t[None], map_hw=(120, 56))
+    for decoder in (OpenPoseDecoder(COCO18), ReferenceDecoder(COCO18)):
+        (one,) = decoder(heat, paf, output_scale=[480, 224])
+        assert one.num_parts == 9 and match([one], t[None])[0][1] < 0.05
+
+
 def test_threshold_part_counter_on_people():
     truth = person(112, 110, jitter=2)[None].copy()
     truth[0, [0, 1, 2, 3, 4, 7, 8, 9, 10, 13, 14, 15, 16], 2] = 0  # 5 parts: neck, shoulders, hips
