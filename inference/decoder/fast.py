@@ -10,8 +10,8 @@ in ``__pycache__`` or ``NUMBA_CACHE_DIR``): the first call in a fresh checkout c
 few seconds, later processes load it.
 
 The heatmap is scanned row by row: a row is read pixel by pixel only if it holds a value above
-``threshold_heatmap`` (a counting loop the compiler vectorises), so a real map costs little more
-than one pass over memory.
+``threshold_heatmap`` (a counting loop the compiler vectorises), and only up to the last such
+value, so a real map costs little more than one pass over memory.
 """
 
 from __future__ import annotations
@@ -95,10 +95,12 @@ def _step12_peaks(heat, mp, use_mp, thr, kernel, cap):
             line = heat[k, r]
             inner = fast3 and 0 < r < h - 1
             up, down = heat[k, max(r - 1, 0)], heat[k, min(r + 1, h - 1)]
+            left = above[k, r]  # values above threshold still ahead in this row
             for c in range(w):
                 v = line[c]
                 if not v > t32:
                     continue
+                left -= 1
                 if inner and 0 < c < w - 1:
                     ok = _is_peak3(up, line, down, c, v)
                 else:
@@ -107,6 +109,8 @@ def _step12_peaks(heat, mp, use_mp, thr, kernel, cap):
                 buf_r[cnt], buf_c[cnt] = r, c
                 buf_s[cnt] = 1.0 if math.isinf(v) else np.float64(v)
                 cnt += ok
+                if left == 0:  # the rest of the row is at or below threshold
+                    break
         if cnt > cap:  # the strongest (ties: earlier first), back in raster order
             sel = np.sort(np.argsort(-buf_s[:cnt], kind="mergesort")[:cap])
         else:
