@@ -509,13 +509,18 @@ def decode_maps(heat, paf, mp, use_mp, edges, edges_paf, graph, fparams, iparams
 
 @njit(**_JIT)
 def decode_objects(heat, paf, mp, use_mp, edges, edges_paf, graph, fparams, iparams, fx, fy):
-    """Objects, their scores and keypoints only: the run-time call (each array handed back to
-    Python costs about 0.3 us, and the 14 intermediate ones are not needed there); rejected
-    edge candidates stop being sampled early (``_step4_edge_scores``)."""
+    """Objects, their scores, keypoints and part counts only: the run-time call (each array
+    handed back to Python costs about 0.3 us, and the 14 intermediate ones are not needed
+    there); rejected edge candidates stop being sampled early (``_step4_edge_scores``)."""
     d, kp = _decode_all(
         heat, paf, mp, use_mp, edges, edges_paf, graph, fparams, iparams, fx, fy, False
     )
-    return d[12], d[13], kp
+    objects = d[12]
+    nparts = np.zeros(objects.shape[0], np.int64)  # counted here: ~2 us less than numpy's sum
+    for i in range(objects.shape[0]):
+        for k in range(objects.shape[1]):
+            nparts[i] += objects[i, k] >= 0
+    return objects, d[13], kp, nparts
 
 
 class OpenPoseDecoder(DecoderBase):
@@ -565,6 +570,6 @@ class OpenPoseDecoder(DecoderBase):
     ) -> list[Skeleton]:
         """Decode one image's maps; skeletons sorted by descending score."""
         heat, pf, mp = self.prepare(heatmap, paf, maxpool_heatmap, layout)
-        objects, oscore, kp = self._run(decode_objects, heat, pf, mp, output_scale)
-        nparts = (objects >= 0).sum(1).tolist()
-        return [Skeleton(kp[i], s, nparts[i], objects[i]) for i, s in enumerate(oscore.tolist())]
+        objects, oscore, kp, nparts = self._run(decode_objects, heat, pf, mp, output_scale)
+        rows = zip(kp, oscore.tolist(), nparts.tolist(), objects, strict=True)
+        return [Skeleton(k, s, n, o) for k, s, n, o in rows]
