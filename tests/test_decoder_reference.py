@@ -10,6 +10,7 @@ import pytest
 
 from datasets.topology import Topology
 from inference.decoder import OpenPoseDecoder, ReferenceDecoder
+from inference.decoder.fast import _strongest
 from tests.test_decoder import (
     ARM,
     CHAIN,
@@ -148,3 +149,14 @@ def test_fast_equals_reference_on_coco_mini_oracle_maps(split, input_hw):
     gt = load_coco(ann)
     for s in iter_oracle(gt, COCO18, person_category(gt), input_hw):
         assert_identical(COCO18, s.heatmap, s.paf)
+
+
+def test_strongest_peaks_are_the_reference_stable_sort():
+    # max_peaks_per_part keeps the strongest peaks of a part, ties to the earlier one: the fast
+    # decoder selects them by insertion, the reference by numpy's stable sort
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        n, cap = int(rng.integers(1, 400)), int(rng.integers(1, 50))
+        score = np.round(rng.random(n) * rng.integers(1, 6), 1)  # many ties
+        want = np.sort(np.argsort(-score, kind="stable")[:cap])
+        assert np.array_equal(_strongest(score, n, cap), want), (n, cap)

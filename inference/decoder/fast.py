@@ -112,13 +112,36 @@ def _step12_peaks(heat, mp, use_mp, thr, kernel, cap):
                 if left == 0:  # the rest of the row is at or below threshold
                     break
         if cnt > cap:  # the strongest (ties: earlier first), back in raster order
-            sel = np.sort(np.argsort(-buf_s[:cnt], kind="mergesort")[:cap])
+            sel = _strongest(buf_s, cnt, cap)
         else:
             sel = np.arange(cnt)
         for i in sel:
             part[n], row[n], col[n], score[n] = k, buf_r[i], buf_c[i], buf_s[i]
             n += 1
     return part[:n], row[:n], col[:n], score[:n]
+
+
+@njit(**_JIT)
+def _strongest(score, n, cap):
+    """Indices of the ``cap`` largest of ``score[:n]`` (ties: the earlier), ascending: the
+    reference's stable sort by descending score, cut at ``cap``, kept by insertion into a sorted
+    list of ``cap`` (noise maps hold thousands of peaks per part, and most lose at once)."""
+    top_s, top_i = np.empty(cap), np.empty(cap, np.int64)
+    m = 0
+    for i in range(n):
+        v = score[i]
+        if m == cap and not v > top_s[cap - 1]:
+            continue
+        if m < cap:
+            pos = m
+            m += 1
+        else:
+            pos = cap - 1  # the weakest kept one goes
+        while pos > 0 and top_s[pos - 1] < v:  # behind every kept score >= v
+            top_s[pos], top_i[pos] = top_s[pos - 1], top_i[pos - 1]
+            pos -= 1
+        top_s[pos], top_i[pos] = v, i
+    return np.sort(top_i[:m])
 
 
 # ---------------------------------------------------------------------- step 7: refinement
