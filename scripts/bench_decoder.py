@@ -36,14 +36,13 @@ import numpy as np  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # scripts run from anywhere; the toolkit is not installed
 
+from coco_mini import DEFAULT_ANN, SIZES  # noqa: E402
+
 from datasets.topology import Topology  # noqa: E402
 from inference.cocoeval import evaluate, load_coco, person_category, skeletons_to_coco  # noqa: E402
 from inference.decoder import OpenPoseDecoder, ReferenceDecoder  # noqa: E402
 from inference.oracle import decode_image, iter_oracle  # noqa: E402
 
-ANN_DIR = REPO.parent / "shared" / "data" / "coco-mini" / "annotations"
-DEFAULT_ANN = [ANN_DIR / f"person_keypoints_{s}2017.json" for s in ("train", "val")]
-SIZES = {"56x56": (224, 224), "120x160": (480, 640)}
 GOALS_US = {"56x56": 28.0, "120x160": 90.0}  # median over images with people, one thread
 NOISE_GOAL_MS = 10.0
 FIRST_CALL = (

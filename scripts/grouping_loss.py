@@ -25,6 +25,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # scripts run from anywhere; the toolkit is not installed
 
+from coco_mini import DEFAULT_ANN, SIZES  # noqa: E402
+
 from datasets.geometry import apply  # noqa: E402
 from datasets.topology import Topology  # noqa: E402
 from inference.cocoeval import (  # noqa: E402
@@ -36,10 +38,6 @@ from inference.cocoeval import (  # noqa: E402
 )
 from inference.decoder import OpenPoseDecoder  # noqa: E402
 from inference.oracle import DEFAULT_TARGETS, iter_oracle  # noqa: E402
-
-ANN_DIR = REPO.parent / "shared" / "data" / "coco-mini" / "annotations"
-DEFAULT_ANN = [ANN_DIR / f"person_keypoints_{s}2017.json" for s in ("train", "val")]
-SIZES = {"56x56": (224, 224), "120x160": (480, 640)}
 
 
 def true_owner(xy, part, truth, radius: float) -> np.ndarray:

@@ -28,10 +28,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # scripts run from anywhere; the toolkit is not installed
 
+from coco_mini import DEFAULT_ANN  # noqa: E402
+
 from datasets.files import write_json  # noqa: E402
 
-ANN_DIR = REPO.parent / "shared" / "data" / "coco-mini" / "annotations"
-DEFAULT_ANN = [ANN_DIR / f"person_keypoints_{s}2017.json" for s in ("train", "val")]
 CANVAS = (480, 640)  # height, width of a composite picture
 
 
