@@ -277,8 +277,8 @@ def _step4_edge_scores(paf, xy, edge, a, b, edges_paf, steps, thr, counter, exac
         else:
             for s in range(steps):
                 f = (s + 0.5) / steps
-                c = int(math.floor(ax + dx * f + 0.5))
-                r = int(math.floor(ay + dy * f + 0.5))
+                c = int(ax + dx * f + 0.5)  # the sum is >= 0.5 (clipped ends): int() is floor()
+                r = int(ay + dy * f + 0.5)
                 v = _dot(paf, cx, cy, r, c, ux, uy)
                 total += v
                 n += v > thr
