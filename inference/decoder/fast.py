@@ -253,6 +253,9 @@ def _step4_edge_scores(paf, xy, edge, a, b, edges_paf, steps, thr, counter, exac
     _, h, w = paf.shape
     t_ = edge.size
     score, count, ok = np.empty(t_), np.empty(t_, np.int64), np.empty(t_, np.bool_)
+    frac = np.empty(steps)  # where the samples lie on every segment
+    for s in range(steps):
+        frac[s] = (s + 0.5) / steps
     for t in range(t_):
         ax = min(max(xy[a[t], 0], 0.0), w - 1.0)
         ay = min(max(xy[a[t], 1], 0.0), h - 1.0)
@@ -276,7 +279,7 @@ def _step4_edge_scores(paf, xy, edge, a, b, edges_paf, steps, thr, counter, exac
                 n += best > thr
         else:
             for s in range(steps):
-                f = (s + 0.5) / steps
+                f = frac[s]
                 c = int(ax + dx * f + 0.5)  # the sum is >= 0.5 (clipped ends): int() is floor()
                 r = int(ay + dy * f + 0.5)
                 v = _dot(paf, cx, cy, r, c, ux, uy)
