@@ -31,19 +31,15 @@ sys.path.insert(0, str(REPO))  # scripts run from anywhere; the toolkit is not i
 from coco_mini import DEFAULT_ANN  # noqa: E402
 
 from datasets.files import write_json  # noqa: E402
+from datasets.topology import Topology, pairs_by_name  # noqa: E402
 
 CANVAS = (480, 640)  # height, width of a composite picture
 
 
 def mirror_permutation(names: list[str]) -> list[int]:
-    """Keypoint order after a horizontal mirror: left_x and right_x swap places."""
-    index = {n: i for i, n in enumerate(names)}
-    other = {"left": "right", "right": "left"}
-    return [
-        index.get(other[n.split("_", 1)[0]] + "_" + n.split("_", 1)[1], i)
-        if n.split("_", 1)[0] in other else i
-        for i, n in enumerate(names)
-    ]  # fmt: skip
+    """Keypoint order after a horizontal mirror: left/right pairs found by name swap places
+    (the toolkit's own pairing, as ``topology=auto`` finds them)."""
+    return Topology(tuple(names), (), flip_pairs=tuple(pairs_by_name(names))).flip_permutation()
 
 
 def place(ann: dict, x: float, foot: float, height: float, mirror: list[int] | None) -> dict:
