@@ -27,8 +27,9 @@ is one function named after the Isaac step it implements, with Isaac's parameter
 6. Merging split graphs: objects whose common parts all lie within ``threshold_split_score``
    map pixels are one object seen twice; they merge, keeping the stronger peak of each part.
 6b. Joining fragments (beyond Isaac): part-disjoint objects that no PAF links, pieces of one
-   object whose linking parts are not seen, are joined closest pair first while their gap (in
-   limb lengths per topology edge between them) is at most ``threshold_join_fragments``.
+   object whose linking parts are not seen, are joined closest pair first while their gap (the
+   distance of their closest parts per reach, the limb lengths along the topology path between
+   them, in the smaller object's size) is at most ``threshold_join_fragments``.
 5b. Filters: objects need more than ``threshold_part_counter`` parts and a score of at least
    ``threshold_object_score``; the score is (sum of part confidences + sum of edge scores) /
    (K + E), 1.0 for a complete object seen with full confidence. The ``max_objects`` best
