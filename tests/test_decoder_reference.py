@@ -160,3 +160,60 @@ def test_strongest_peaks_are_the_reference_stable_sort():
         score = np.round(rng.random(n) * rng.integers(1, 6), 1)  # many ties
         want = np.sort(np.argsort(-score, kind="stable")[:cap])
         assert np.array_equal(_strongest(score, n, cap), want), (n, cap)
+
+
+def _random_case(rng):
+    """A random topology (1-8 parts, random directed edges, limb lengths or not), maps of up to
+    five objects at random places (some parts unseen, some off the map) with or without noise,
+    and random decoder parameters: a case nobody built by hand."""
+    k = int(rng.integers(1, 9))
+    pairs = [rng.choice(k, 2, replace=k < 2) for _ in range(int(rng.integers(0, 2 * k + 1)))]
+    edges = tuple((int(a), int(b)) for a, b in pairs if a != b)
+    lengths = (
+        tuple(float(x) for x in rng.uniform(0.2, 2.0, len(edges))) if rng.random() < 0.5 else ()
+    )
+    labels = tuple(f"p{i}" for i in range(k))
+    topology = Topology(name="random", labels=labels, edges=edges, limb_lengths=lengths)
+    h, w = (int(x) for x in rng.integers(3, 48, 2))
+    pts = rng.uniform(-2, [w + 1, h + 1], (int(rng.integers(0, 6)), k, 2))
+    seen = rng.random(pts.shape[:2]) < 0.8
+    heat = np.zeros((k, h, w), np.float32)
+    for p in range(k):
+        if seen[:, p].any():
+            heat[p] = gaussian(h, w, pts[seen[:, p], p], sigma=float(rng.uniform(0.5, 2.5)))
+    paf = np.zeros((2 * len(edges), h, w), np.float32)
+    for (a, b), (cx, cy) in zip(edges, topology.edges_paf, strict=True):
+        for o in np.flatnonzero(seen[:, a] & seen[:, b]):  # (a zero-length limb: a NaN field)
+            fx, fy = segment_field(h, w, pts[o, a], pts[o, b])
+            paf[cx] += fx
+            paf[cy] += fy
+    if rng.random() < 0.5:
+        heat += rng.normal(0, rng.uniform(0, 0.3), heat.shape).astype(np.float32)
+        paf += rng.normal(0, rng.uniform(0, 0.3), paf.shape).astype(np.float32)
+    if rng.random() < 0.2:
+        heat = np.round(heat, 1)  # plateaus
+    steps = int(rng.integers(2, 15))
+    params = {
+        "threshold_heatmap": float(rng.uniform(-0.1, 0.9)),
+        "threshold_edge_score": float(rng.uniform(-0.5, 0.9)),
+        "edge_sampling_steps": steps,
+        "threshold_edge_sampling_counter": int(rng.integers(0, steps + 1)),
+        "threshold_split_score": float(rng.uniform(0, 5)),
+        "threshold_join_fragments": float(rng.uniform(0, 4)),
+        "maxpool_kernel": int(rng.choice([1, 3, 5, 7])),
+        "max_peaks_per_part": int(rng.integers(1, 40)),
+        "max_objects": int(rng.integers(0, 30)),
+        "threshold_part_counter": int(rng.integers(0, 4)),
+        "threshold_object_score": float(rng.uniform(0, 0.5)),
+        "refine_method": str(rng.choice(["quadratic", "centroid"])),
+        "refine_parts_coordinates": bool(rng.random() < 0.8),
+    }
+    return topology, heat, paf, params if rng.random() < 0.5 else {}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fast_equals_reference_on_random_cases(seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(40):
+        topology, heat, paf, params = _random_case(rng)
+        assert_identical(topology, heat, paf, **params)
