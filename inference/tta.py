@@ -22,6 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from datasets.errors import UsageError
 from datasets.topology import Topology
 
 Maps = dict[str, np.ndarray]
@@ -37,9 +38,15 @@ class TTAConfig:
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> TTAConfig:
         cfg = dict(cfg or {})
-        scales = tuple(float(s) for s in (cfg.get("scales") or (1.0,)))
+        raw = cfg.get("scales") or (1.0,)
+        try:
+            scales = tuple(float(s) for s in ([raw] if isinstance(raw, (int, float)) else raw))
+        except (TypeError, ValueError):
+            scales = ()
         if not scales or not all(0.1 <= s <= 4.0 for s in scales):
-            raise ValueError(f"tta.scales must be numbers in [0.1, 4], got {list(scales)}")
+            raise UsageError(
+                f"tta.scales must be numbers in [0.1, 4], e.g. [1.0,0.75,1.25]; got {raw!r}"
+            )
         return cls(bool(cfg.get("flip", False)), scales)
 
     @property

@@ -4,6 +4,8 @@ with HYDRA_FULL_ERROR=1. Run from an empty folder, with the repo on PYTHONPATH."
 
 from __future__ import annotations
 
+import collections
+import json
 import os
 import subprocess
 import sys
@@ -60,6 +62,40 @@ CASES = {
         "error: give input=<image|folder|video|camera|URL> and model=<.onnx|.engine|.pth>",
     ),
 }
+
+
+COCO_MINI_VAL = REPO.parent / "shared/data/coco-mini/annotations/person_keypoints_val2017.json"
+BAD_OVERRIDES = {  # eval's decoder and TTA overrides, oracle mode (no model needed)
+    "decoder_overrides={max_objects:-1}": "error: max_objects must be >= 0 (0: unlimited), got -1",
+    "decoder.threshold_heatmap=abc": "error: decoder parameter threshold_heatmap must be float",
+    "decoder_overrides={bogus:1}": "error: unknown OpenPoseDecoder parameter(s) ['bogus']",
+    "tta.scales=[0]": "error: tta.scales must be numbers in [0.1, 4]",
+}
+
+
+@pytest.mark.parametrize("override", list(BAD_OVERRIDES))
+def test_bad_decoder_and_tta_overrides_one_line(tmp_path, override):
+    if not COCO_MINI_VAL.is_file():
+        pytest.skip(f"coco-mini not found at {COCO_MINI_VAL}")
+    args = ["inference.eval", "oracle=true", f"annotations={COCO_MINI_VAL}", "max_images=2"]
+    proc = _run(tmp_path, *args, override, f"output={tmp_path / 'out'}")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(BAD_OVERRIDES[override]), proc.stderr
+
+
+def test_decoder_overrides_on_the_command_line(tmp_path):
+    """``decoder_overrides={NAME:VALUE}`` as the README writes it: the cap applies."""
+    if not COCO_MINI_VAL.is_file():
+        pytest.skip(f"coco-mini not found at {COCO_MINI_VAL}")
+    args = ["inference.eval", "oracle=true", f"annotations={COCO_MINI_VAL}", "max_images=8"]
+    out = tmp_path / "out"
+    proc = _run(tmp_path, *args, "decoder_overrides={max_objects:1}", f"output={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    per_image = collections.Counter(r["image_id"] for r in results)
+    assert results and max(per_image.values()) == 1
 
 
 @pytest.mark.parametrize("case", list(CASES))

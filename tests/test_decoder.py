@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import yaml
 
+from datasets.errors import UsageError
 from datasets.targets import TargetConfig, render_targets
 from datasets.topology import Topology
-from inference.decoder import DEFAULT_PARAMS, OpenPoseDecoder, ReferenceDecoder
+from inference.decoder import DEFAULT_PARAMS, OpenPoseDecoder, ReferenceDecoder, build_decoder
 
 REPO = Path(__file__).resolve().parent.parent
 COCO18 = Topology.named("coco18")
@@ -440,6 +441,19 @@ def test_bad_inputs_name_the_tensor_and_shape():
         OpenPoseDecoder(COCO18, threshold_heatmaps=0.1)
     with pytest.raises(ValueError, match="maxpool_kernel"):
         OpenPoseDecoder(COCO18, maxpool_kernel=4)
+    for name, bad in (
+        ("threshold_heatmap", "abc"),
+        ("max_objects", 2.5),
+        ("edge_sampling_steps", None),
+    ):
+        with pytest.raises(ValueError, match=f"decoder parameter {name} must be"):
+            OpenPoseDecoder(COCO18, **{name: bad})
+    assert OpenPoseDecoder(COCO18, max_objects=3.0, threshold_heatmap="0.3").max_objects == 3
+    # from a config (the commands' way): the same checks as one-line usage errors
+    with pytest.raises(UsageError, match=r"max_objects must be >= 0 .* decoder_overrides="):
+        build_decoder({"max_objects": -1}, COCO18)
+    with pytest.raises(UsageError, match="unknown OpenPoseDecoder parameter"):
+        build_decoder({"bogus": 1}, COCO18)
 
 
 @pytest.mark.parametrize("kind", ["nan", "inf", "zeros", "ones", "noise", "mixed"])
@@ -614,22 +628,18 @@ def _maxpool(heat: np.ndarray, k: int) -> np.ndarray:
 
 
 def test_build_decoder_default_target_and_params():
-    from inference.decoder import build_decoder
-
     dec = build_decoder({"threshold_heatmap": 0.2}, COCO18)
     assert isinstance(dec, OpenPoseDecoder) and dec.threshold_heatmap == 0.2
     dec = build_decoder({"_target_": "inference.decoder.OpenPoseDecoder"}, COCO18)
     assert dec.params == DEFAULT_PARAMS
-    with pytest.raises(ValueError, match="_target_"):
+    with pytest.raises(UsageError, match="_target_"):
         build_decoder({"_target_": "inference.nope.Decoder"}, COCO18)
-    with pytest.raises(ValueError, match="unknown"):
+    with pytest.raises(UsageError, match="unknown"):
         build_decoder({"bogus": 1}, COCO18)
 
 
 def test_conf_decoder_default_builds():
     from omegaconf import OmegaConf
-
-    from inference.decoder import build_decoder
 
     cfg = OmegaConf.load(Path(__file__).parents[1] / "conf" / "decoder" / "default.yaml")
     assert cfg["_target_"] == "inference.decoder.OpenPoseDecoder"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from datasets.errors import UsageError
 from datasets.topology import Topology
 from inference.decoder import OpenPoseDecoder
 from inference.tta import TTAConfig, maxpool, paf_flip_table, tta_maps, unflip_maps, with_tta
@@ -107,8 +108,10 @@ def test_tta_config_and_maxpool():
     assert not TTAConfig.from_config({}).active
     cfg = TTAConfig.from_config({"flip": True, "scales": [1.0, 0.75, 1.25]})
     assert cfg.active and cfg.scales == (1.0, 0.75, 1.25)
-    with pytest.raises(ValueError, match="tta.scales"):
-        TTAConfig.from_config({"scales": [0.0]})
+    for bad in ([0.0], "abc", ["x"]):
+        with pytest.raises(UsageError, match=r"tta.scales must be numbers in \[0.1, 4\]"):
+            TTAConfig.from_config({"scales": bad})
+    assert TTAConfig.from_config({"scales": 0.75}).scales == (0.75,)
     heat = np.random.default_rng(0).uniform(0, 1, (1, 2, 9, 9)).astype(np.float32)
     pooled = maxpool(heat, 3)
     assert pooled[0, 1, 4, 4] == heat[0, 1, 3:6, 3:6].max()

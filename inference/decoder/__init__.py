@@ -11,6 +11,7 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
+from datasets.errors import UsageError
 from datasets.topology import Topology
 from inference.decoder.base import DEFAULT_PARAMS, DecoderBase, DecodeTrace, Skeleton
 from inference.decoder.fast import OpenPoseDecoder
@@ -34,6 +35,7 @@ def build_decoder(decoder_cfg: Mapping[str, Any] | None, topology: Topology) -> 
     ``_target_`` (optional, default ``inference.decoder.OpenPoseDecoder``) names the decoder
     class as ``module.Name``; it is called as ``from_config(params, topology)`` when it has one,
     else ``cls(topology, **params)``. Every other key is a decoder parameter.
+    A bad parameter (unknown, not a number, out of range) is a ``UsageError`` naming it.
     """
     cfg = {str(k): v for k, v in (decoder_cfg or {}).items()}
     target = cfg.pop("_target_", None) or DEFAULT_TARGET
@@ -41,7 +43,13 @@ def build_decoder(decoder_cfg: Mapping[str, Any] | None, topology: Topology) -> 
     try:
         cls = getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError, ValueError) as e:
-        raise ValueError(f"decoder _target_ {target!r} cannot be imported: {e}") from e
-    if hasattr(cls, "from_config"):
-        return cls.from_config(cfg, topology)
-    return cls(topology, **cfg)
+        raise UsageError(f"decoder _target_ {target!r} cannot be imported: {e}") from e
+    try:
+        if hasattr(cls, "from_config"):
+            return cls.from_config(cfg, topology)
+        return cls(topology, **cfg)
+    except ValueError as e:  # the decoder's own checks: one line that names the parameter
+        raise UsageError(
+            f"{e} (set decoder parameters with decoder.NAME=VALUE or, over a model's own, "
+            "decoder_overrides={NAME:VALUE})"
+        ) from e

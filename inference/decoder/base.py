@@ -125,20 +125,20 @@ class DecoderBase:
             )
         p = {**DEFAULT_PARAMS, **params}
         self.topology = topology
-        self.threshold_heatmap = float(p["threshold_heatmap"])
-        self.threshold_edge_score = float(p["threshold_edge_score"])
-        self.threshold_edge_sampling_counter = int(p["threshold_edge_sampling_counter"])
-        self.edge_sampling_steps = int(p["edge_sampling_steps"])
-        self.threshold_part_counter = int(p["threshold_part_counter"])
-        self.threshold_object_score = float(p["threshold_object_score"])
-        self.threshold_split_score = float(p["threshold_split_score"])
-        self.threshold_join_fragments = float(p["threshold_join_fragments"])
+        self.threshold_heatmap = _number(p, "threshold_heatmap", float)
+        self.threshold_edge_score = _number(p, "threshold_edge_score", float)
+        self.threshold_edge_sampling_counter = _number(p, "threshold_edge_sampling_counter", int)
+        self.edge_sampling_steps = _number(p, "edge_sampling_steps", int)
+        self.threshold_part_counter = _number(p, "threshold_part_counter", int)
+        self.threshold_object_score = _number(p, "threshold_object_score", float)
+        self.threshold_split_score = _number(p, "threshold_split_score", float)
+        self.threshold_join_fragments = _number(p, "threshold_join_fragments", float)
         self.refine_parts_coordinates = bool(p["refine_parts_coordinates"])
         self.refine_method = str(p["refine_method"])
         self.output_scale = as_scale(p["output_scale"])
-        self.maxpool_kernel = int(p["maxpool_kernel"])
-        self.max_peaks_per_part = int(p["max_peaks_per_part"])
-        self.max_objects = int(p["max_objects"])
+        self.maxpool_kernel = _number(p, "maxpool_kernel", int)
+        self.max_peaks_per_part = _number(p, "max_peaks_per_part", int)
+        self.max_objects = _number(p, "max_objects", int)
         self._check()
         self.edges = np.asarray(topology.edges, np.int64).reshape(-1, 2)
         self.edges_paf = np.asarray(topology.edges_paf, np.int64).reshape(-1, 2)
@@ -296,6 +296,19 @@ def _float32(a: np.ndarray) -> np.ndarray:
     if a.dtype != np.float32 or not a.dtype.isnative or not a.flags.c_contiguous:
         return np.ascontiguousarray(a, np.float32)
     return a
+
+
+def _number(params: Mapping[str, Any], name: str, kind: type) -> Any:
+    """``kind(params[name])``; a value that is not a number (or a float given for an int) is a
+    ValueError naming the parameter."""
+    value = params[name]
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or isinstance(value, bool) or (kind is int and float(value) != number):
+        raise ValueError(f"decoder parameter {name} must be {kind.__name__}, got {value!r}")
+    return number
 
 
 def as_scale(value: Any, name: str = "output_scale") -> tuple[float, float] | None:
