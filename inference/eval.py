@@ -46,6 +46,7 @@ from datasets.cocofile import KeypointFile, load_keypoint_file
 from datasets.config import as_plain
 from datasets.errors import UsageError, UserError, user_errors
 from datasets.files import resolve_path, write_json
+from datasets.geometry import ASPECT_POLICIES
 from datasets.images import MAX_PIXELS, ImageError, read_rgb
 from datasets.targets import TargetConfig
 from datasets.topology import Topology
@@ -165,13 +166,7 @@ def _setup(cfg: Mapping[str, Any], model_path: Path | None, kfile: KeypointFile)
             raise UsageError("give model=PATH (.onnx, .engine/.plan or .pth), or oracle=true")
         if TTAConfig.from_config(cfg.get("tta")).active:
             raise UsageError("tta.flip / tta.scales need a network: give model=PATH")
-        return Setup(
-            resolve_topology(cfg["topology"], kfile),
-            _size(cfg.get("input_size")),
-            str(cfg.get("aspect") or "squash"),
-            TargetConfig.from_config(cfg.get("targets")),
-            {},
-        )
+        return _oracle_setup(cfg, kfile)
     threads = cfg.get("threads") if model_path.suffix == ".onnx" else None
     kwargs = {"threads": threads} if threads else {}
     runtime = load_runtime(model_path, device=str(cfg.get("device") or "cpu"), **kwargs)
@@ -180,6 +175,23 @@ def _setup(cfg: Mapping[str, Any], model_path: Path | None, kfile: KeypointFile)
     targets = TargetConfig.from_config(info.targets or cfg.get("targets"))
     topology, input_hw, aspect = info.topology, tuple(info.input_size), info.aspect
     return Setup(topology, input_hw, aspect, targets, dict(info.decoder or {}), runtime)
+
+
+def _oracle_setup(cfg: Mapping[str, Any], kfile: KeypointFile) -> Setup:
+    """Oracle mode's settings from the config, checked: one line per mistake."""
+    input_hw, aspect = _size(cfg.get("input_size")), str(cfg.get("aspect") or "squash")
+    targets = TargetConfig.from_config(cfg.get("targets"))
+    if input_hw[0] % targets.stride or input_hw[1] % targets.stride:
+        raise UsageError(
+            f"input_size {list(input_hw)} must be a multiple of the maps' stride "
+            f"{targets.stride} (e.g. 224 or [480,640])"
+        )
+    if aspect not in ASPECT_POLICIES:
+        raise UsageError(f"aspect must be one of {list(ASPECT_POLICIES)}, got {aspect!r}")
+    for name in ("noise", "blur"):
+        if not float(cfg.get(name) or 0.0) >= 0:
+            raise UsageError(f"{name} must be >= 0 (0: none), got {cfg.get(name)!r}")
+    return Setup(resolve_topology(cfg["topology"], kfile), input_hw, aspect, targets, {})
 
 
 def _decoder(cfg: Mapping[str, Any], setup: Setup) -> Any:

@@ -65,11 +65,14 @@ CASES = {
 
 
 COCO_MINI_VAL = REPO.parent / "shared/data/coco-mini/annotations/person_keypoints_val2017.json"
-BAD_OVERRIDES = {  # eval's decoder and TTA overrides, oracle mode (no model needed)
+BAD_OVERRIDES = {  # eval's oracle-mode, decoder and TTA overrides (no model needed)
     "decoder_overrides={max_objects:-1}": "error: max_objects must be >= 0 (0: unlimited), got -1",
     "decoder.threshold_heatmap=abc": "error: decoder parameter threshold_heatmap must be float",
     "decoder_overrides={bogus:1}": "error: unknown OpenPoseDecoder parameter(s) ['bogus']",
     "tta.scales=[0]": "error: tta.scales must be numbers in [0.1, 4]",
+    "input_size=[102,102]": "error: input_size [102, 102] must be a multiple of the maps' stride 4",
+    "aspect=bogus": "error: aspect must be one of ['squash', 'letterbox'], got 'bogus'",
+    "noise=-1": "error: noise must be >= 0 (0: none), got -1",
 }
 
 
