@@ -331,6 +331,7 @@ class Pipeline:
         # letterbox) with the exact inverse of the pre-processing matrix
         overrides["output_scale"] = list(runtime.info.input_size)
         self.decoder = runtime.make_decoder(**overrides)
+        self.decoder.warm_up()  # the compiled decoder loads now, not in the first frame's time
         self.tracker = tracker
         self.keep_maps = keep_maps
         self.timer = Timer()

@@ -644,3 +644,15 @@ def test_conf_decoder_default_builds():
     cfg = OmegaConf.load(Path(__file__).parents[1] / "conf" / "decoder" / "default.yaml")
     assert cfg["_target_"] == "inference.decoder.OpenPoseDecoder"
     assert isinstance(build_decoder(cfg, COCO18), OpenPoseDecoder)
+
+
+@pytest.mark.parametrize("cls", [OpenPoseDecoder, ReferenceDecoder])
+def test_warm_up_on_any_topology_leaves_no_state(cls):
+    """``warm_up`` (run by the pipeline before its first timed frame) decodes empty maps of the
+    topology's shape, also for a topology without edges, and changes nothing after it."""
+    cls(Topology(name="dots", labels=("a", "b"), edges=())).warm_up()
+    heat, paf = maps([person(90, 100, seed=1)])
+    warm = cls(COCO18)
+    warm.warm_up()
+    for s, t in zip(warm(heat, paf), cls(COCO18)(heat, paf), strict=True):
+        assert np.array_equal(s.keypoints, t.keypoints, equal_nan=True) and s.score == t.score

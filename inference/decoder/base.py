@@ -214,6 +214,13 @@ class DecoderBase:
         d = self._decode(heat, pf, mp)
         return self.skeletons(d, heat.shape[1:], output_scale)
 
+    def warm_up(self) -> None:
+        """Decode empty maps once: the fast decoder loads its compiled code on the first call
+        (a few hundred ms from the disk cache), so a timed loop that calls this first measures
+        decoding, not loading."""
+        k, e = self.topology.num_parts, self.topology.num_edges
+        self.decode(np.zeros((k, 4, 4), np.float32), np.zeros((2 * e, 4, 4), np.float32))
+
     def trace(
         self, heatmap, paf, maxpool_heatmap=None, layout: str = "chw", output_scale=None
     ) -> DecodeTrace:
