@@ -186,6 +186,8 @@ class TTARuntime:
         self.runtime, self.tta = runtime, tta
         self.info = runtime.info
         self.backend = f"{runtime.backend}+tta"
+        if tta.flip:
+            check_flip(self.info.topology)
 
     def preprocess(self, image: np.ndarray):
         return self.runtime.preprocess(image)
@@ -200,6 +202,21 @@ class TTARuntime:
 
     def __getattr__(self, name: str) -> Any:  # everything else: the wrapped runtime's
         return getattr(self.runtime, name)
+
+
+def check_flip(topology: Topology) -> None:
+    """``tta.flip`` needs to know which parts a mirror swaps: a UsageError (one line) for a
+    topology without left/right pairs (``hflip`` false: training did not flip either) or one
+    whose mirrored edges are not edges."""
+    if not topology.hflip:
+        raise UsageError(
+            f"tta.flip: topology {topology.name!r} has no left/right part pairs (flip_pairs), "
+            "so a mirror image cannot be mapped back; run without tta.flip (tta.scales works)"
+        )
+    try:
+        paf_flip_table(topology)
+    except ValueError as e:
+        raise UsageError(f"{e}; run without tta.flip (tta.scales works)") from e
 
 
 def with_tta(runtime: Any, cfg: Mapping[str, Any] | None) -> Any:

@@ -9,7 +9,15 @@ import pytest
 from datasets.errors import UsageError
 from datasets.topology import Topology
 from inference.decoder import OpenPoseDecoder
-from inference.tta import TTAConfig, maxpool, paf_flip_table, tta_maps, unflip_maps, with_tta
+from inference.tta import (
+    TTAConfig,
+    check_flip,
+    maxpool,
+    paf_flip_table,
+    tta_maps,
+    unflip_maps,
+    with_tta,
+)
 from tests.test_decoder import COCO18, maps, person
 
 ARM_LR = Topology(
@@ -58,6 +66,20 @@ def test_paf_flip_table_signs():
         sa, sb = COCO18.edges[src[e]]
         assert (sa, sb) == ((perm[a], perm[b]) if sign[e] > 0 else (perm[b], perm[a]))
     assert (sign < 0).any()  # coco18 lists hip-hip / eye edges one way only: reversed mirrors
+
+
+def test_flip_needs_left_right_pairs_closed_under_the_mirror():
+    check_flip(COCO18)
+    check_flip(ARM_LR)
+    sideless = Topology(labels=("head", "tail"), edges=((0, 1),), name="worm", hflip=False)
+    with pytest.raises(UsageError, match="tta.flip: topology 'worm' has no left/right part"):
+        check_flip(sideless)
+    one_arm = Topology(
+        labels=("l_wrist", "l_elbow", "r_wrist", "r_elbow"), edges=((1, 0),),
+        flip_pairs=((0, 2), (1, 3)), name="one-arm",
+    )  # fmt: skip
+    with pytest.raises(UsageError, match=r"mirror image of edge \[1, 0\] is not an edge.*without"):
+        check_flip(one_arm)
 
 
 def test_tta_with_flip_averages_the_unflipped_mirror():
