@@ -10,8 +10,10 @@ Each kind reproduces the structure that broke the toolkit, not the real data:
 * ``crowdpose``: 14 keypoints with ``L_``/``R_`` names, crowded people, no ``area`` field;
 * ``occluded``: COCO person keypoints with many occluded (v=1) and unlabelled (v=0) parts.
 
-Objects are a per-file template layout (keypoints at least ``MIN_GAP`` apart) rotated, scaled,
-jittered and placed in images of several sizes; a few images have no objects.
+Objects are articulated bodies (limbs of random length and direction per file, every joint bent
+at random per object), or with ``layout="random"`` one rigid template of random points per file
+(keypoints at least ``MIN_GAP`` apart); rotated, scaled, jittered and placed in images of
+several sizes; a few images have no objects.
 """
 
 from __future__ import annotations
@@ -136,14 +138,71 @@ def _template(k: int, rng: np.random.Generator) -> np.ndarray:
     return np.array(pts)
 
 
+def _body(k: int, skeleton: list[list[int]], rng: np.random.Generator):
+    """An articulated body: each keypoint's parent (-1: a root), limb length and direction.
+    The skeleton's edges are the limbs (a tree grown from keypoint 0); a keypoint the skeleton
+    leaves unconnected (a leg of an insect, any keypoint of a file without skeleton) hangs from
+    a random keypoint placed before it, as a leg hangs from the thorax."""
+    nbrs: list[list[int]] = [[] for _ in range(k)]
+    for a, b in skeleton:
+        nbrs[a - 1].append(b - 1)
+        nbrs[b - 1].append(a - 1)
+    parent, order = np.full(k, -1), []
+    for root in range(k):
+        if root in order:
+            continue
+        if order:  # a new piece: attach its first keypoint near one already placed
+            parent[root] = order[int(rng.integers(len(order)))]
+        queue = [root]
+        order.append(root)
+        while queue:
+            a = queue.pop(0)
+            for b in nbrs[a]:
+                if b not in order:
+                    parent[b] = a
+                    order.append(b)
+                    queue.append(b)
+    length = rng.uniform(0.3, 0.6, k)
+    angle = rng.uniform(-np.pi, np.pi, k)
+    return parent, order, length, angle
+
+
+def _pose(body, rng: np.random.Generator, bend: float = 0.3) -> np.ndarray:
+    """(K, 2) keypoints of one instance of ``body``: every joint bent by N(0, ``bend``) rad
+    (bends add up along a limb chain), scaled to span about [-1, 1]."""
+    parent, order, length, angle = body
+    pts, turn = np.zeros((len(parent), 2)), np.zeros(len(parent))
+    for b in order:
+        a = parent[b]
+        if a < 0:
+            continue
+        turn[b] = turn[a] + rng.normal(0.0, bend)
+        t = angle[b] + turn[b]
+        pts[b] = pts[a] + length[b] * np.array([np.cos(t), np.sin(t)])
+    pts -= (pts.max(0) + pts.min(0)) / 2
+    return pts / max(float(np.abs(pts).max()), 1e-6)
+
+
 def make_file(
-    kind: str, num_images: int = 24, seed: int = 0, unlabelled: float | None = None
+    kind: str,
+    num_images: int = 24,
+    seed: int = 0,
+    unlabelled: float | None = None,
+    layout: str = "articulated",
 ) -> dict:
     """A COCO keypoint file of ``kind`` (see the module docstring); images are records only.
-    ``unlabelled``: the fraction of parts left unlabelled (default: the kind's, ``UNSEEN``)."""
+    ``unlabelled``: the fraction of parts left unlabelled (default: the kind's, ``UNSEEN``).
+    ``layout``: ``articulated`` (limbs of the skeleton bent at random per object, ``_body``) or
+    ``random`` (one rigid template of random points per file, adjacent parts no closer than
+    any two: a stress case that real objects do not present)."""
     rng = np.random.default_rng(seed)
     names, skeleton = category_of(kind)
-    template = _template(len(names), rng)
+    if layout == "random":
+        template = _template(len(names), rng)
+    elif layout == "articulated":
+        body = _body(len(names), skeleton, rng)
+    else:
+        raise ValueError(layout)
     crowded = kind in ("crowdpose", "occluded")
     single = kind in ("locust", "fly", "zebra", "horse")  # one animal per (lab) picture
     occluded, default_unlabelled = UNSEEN[kind]
@@ -170,7 +229,8 @@ def make_file(
             size = size * (0.75 if single else 1.0)  # a whole animal in the picture, turned
             ang = rng.uniform(-0.5, 0.5)
             rot = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]])
-            pts = (template + rng.normal(0, 0.02, template.shape)) @ rot.T * size
+            shape = template if layout == "random" else _pose(body, rng)
+            pts = (shape + rng.normal(0, 0.02, shape.shape)) @ rot.T * size
             centre = np.array([step * (i + 0.5), h / 2 + rng.uniform(-0.1, 0.1) * h])
             pts = pts + centre
             v = np.where(rng.random(len(names)) < occluded, 1, 2)
