@@ -11,6 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
+from datasets.errors import UsageError
 from datasets.files import claim_dir, resolve_path
 
 TIME_FORMAT = "%Y-%m-%d_%H-%M-%S"  # as the run dirs in conf/*.yaml (${now:...})
@@ -45,3 +46,18 @@ def default_output_to_run_dir(cfg: DictConfig) -> DictConfig:
         OmegaConf.set_struct(cfg, False)
         cfg.output = HydraConfig.get().runtime.output_dir
     return cfg
+
+
+def positive_int(cfg: Mapping[str, Any], name: str, default: int | None = 1) -> int | None:
+    """``cfg[name]`` as a whole number >= 1 (``default`` when unset), else a UsageError."""
+    value = cfg.get(name)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+        ok = not isinstance(value, bool) and number >= 1 and float(value) == number
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise UsageError(f"{name} must be a whole number >= 1, got {value!r}")
+    return number

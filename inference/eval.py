@@ -50,7 +50,12 @@ from datasets.geometry import ASPECT_POLICIES
 from datasets.images import MAX_PIXELS, ImageError, read_rgb
 from datasets.targets import TargetConfig
 from datasets.topology import Topology
-from inference.cli import alias_model_argument, default_output_to_run_dir, output_dir
+from inference.cli import (
+    alias_model_argument,
+    default_output_to_run_dir,
+    output_dir,
+    positive_int,
+)
 from inference.cocoeval import (
     evaluate,
     ground_truth,
@@ -97,7 +102,7 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     else:
         images = _images_dir(cfg.get("images"), annotations)
         what = f"model {model_path.name} (input {_hw(setup.input_hw)}, {setup.aspect})"
-        batch, skip = int(cfg.get("batch_size") or 1), bool(cfg.get("skip_unreadable"))
+        batch, skip = positive_int(cfg, "batch_size"), bool(cfg.get("skip_unreadable"))
         max_pixels = cfg.get("max_pixels", MAX_PIXELS)
         results, evaluated, skipped = model_results(
             setup.runtime, decoder, gt, category, ids, images, batch, skip, max_pixels
@@ -167,8 +172,8 @@ def _setup(cfg: Mapping[str, Any], model_path: Path | None, kfile: KeypointFile)
         if TTAConfig.from_config(cfg.get("tta")).active:
             raise UsageError("tta.flip / tta.scales need a network: give model=PATH")
         return _oracle_setup(cfg, kfile)
-    threads = cfg.get("threads") if model_path.suffix == ".onnx" else None
-    kwargs = {"threads": threads} if threads else {}
+    threads = positive_int(cfg, "threads", None)
+    kwargs = {"threads": threads} if threads and model_path.suffix == ".onnx" else {}
     runtime = load_runtime(model_path, device=str(cfg.get("device") or "cpu"), **kwargs)
     runtime = with_tta(runtime, cfg.get("tta"))  # mirror / scales averaged in map space
     info = runtime.info

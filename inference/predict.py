@@ -38,7 +38,12 @@ from datasets.config import as_plain
 from datasets.errors import UsageError, user_errors
 from datasets.files import resolve_path, write_json
 from datasets.images import MAX_PIXELS
-from inference.cli import alias_model_argument, default_output_to_run_dir, output_dir
+from inference.cli import (
+    alias_model_argument,
+    default_output_to_run_dir,
+    output_dir,
+    positive_int,
+)
 from inference.runtime import load_runtime
 from inference.stream import (
     STAGES,
@@ -75,11 +80,11 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
         raise UsageError(
             "give input=<image|folder|video|camera|URL> and model=<.onnx|.engine|.pth>"
         )
+    batch_size, threads = positive_int(cfg, "batch_size"), positive_int(cfg, "threads", None)
     out_dir = output_dir(cfg, "predict")
     max_pixels = cfg.get("max_pixels", MAX_PIXELS)
     source = open_source(cfg["input"], max_frames=cfg.get("max_frames"), max_pixels=max_pixels)
-    threads = cfg.get("threads") if model_path.suffix == ".onnx" else None
-    kwargs = {"threads": threads} if threads else {}
+    kwargs = {"threads": threads} if threads and model_path.suffix == ".onnx" else {}
     runtime = load_runtime(model_path, device=str(cfg.get("device", "cpu")), **kwargs)
     runtime = with_tta(runtime, cfg.get("tta"))  # mirror / scales averaged in map space
     topology = runtime.info.topology
@@ -91,7 +96,7 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
         codec = str(cfg.get("video_codec", "mp4v"))
         sinks.append(DrawSink(out_dir, source, topology, pipeline.timer, codec))
     sinks.append(Progress(source.count, "frame" if source.is_video else "img"))
-    stats = run_stream(source, pipeline, sinks, batch_size=int(cfg.get("batch_size", 1)))
+    stats = run_stream(source, pipeline, sinks, batch_size=batch_size)
     write_json(out_dir / "summary.json", stats)
     ms = stats["ms_per_frame"]
     tracked = pipeline.tracker is not None
@@ -99,7 +104,7 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
         f"{stats['frames']} {'frames' if source.is_video else 'images'}, "
         f"{len(json_sink.results)} skeletons"
         + (f" in {pipeline.tracker.next_id - 1} tracks" if tracked else "")
-        + f"; {stats['fps']:.1f} FPS ({runtime.backend}, batch {cfg.get('batch_size', 1)}); "
+        + f"; {stats['fps']:.1f} FPS ({runtime.backend}, batch {batch_size}); "
         + "ms per frame: "
         + ", ".join(f"{s} {ms[s]:.1f}" for s in STAGES)
         + f"; drawing+writing {stats['seconds']['draw']:.2f} s apart"

@@ -18,6 +18,7 @@ applied with ``cv2.warpAffine``.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,7 @@ class OnnxRuntime(Runtime):
         providers = ["CPUExecutionProvider"]
         if device.startswith("cuda"):
             if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise RuntimeError(
+                raise UserError(
                     f"device={device!r} but this onnxruntime has no CUDAExecutionProvider "
                     f"(available: {ort.get_available_providers()}); install onnxruntime-gpu"
                 )
@@ -169,6 +170,9 @@ class TorchRuntime(Runtime):
         from models.build import build_from_checkpoint
 
         self.path = Path(path)
+        device = check_device(device)
+        if device != "cpu":
+            _cuda_or_error(device, self.path)
         self.device = torch.device(device)
         model, config = build_from_checkpoint(self.path)
         self.model = model.to(self.device).eval()
@@ -203,18 +207,21 @@ class TensorRTRuntime(Runtime):
         try:  # optional dependency (the `trt` extra), on CUDA machines only
             import tensorrt as trt
         except ImportError as e:
-            raise RuntimeError(
+            raise UserError(
                 f"{path}: running a TensorRT engine needs the `tensorrt` Python package "
                 f"(pip install '.[trt]') and a CUDA GPU ({e})"
             ) from None
         if not torch.cuda.is_available():
-            raise RuntimeError(f"{path}: running a TensorRT engine needs a CUDA GPU; none found")
+            raise UserError(f"{path}: running a TensorRT engine needs a CUDA GPU; none found")
         self.path = Path(path)
         self.trt = trt
-        self.device = torch.device(device if device.startswith("cuda") else "cuda")
+        device = check_device(device)
+        device = device if device.startswith("cuda") else "cuda"
+        _cuda_or_error(device, self.path)
+        self.device = torch.device(device)
         sidecar = engine_sidecar(self.path)
         if not sidecar.is_file():
-            raise FileNotFoundError(
+            raise UserError(
                 f"{self.path}: no {sidecar.name} beside the engine (model metadata); build engines "
                 "with `python -m export.tensorrt`"
             )
@@ -225,7 +232,7 @@ class TensorRTRuntime(Runtime):
             runtime = trt.Runtime(self.logger)
             self.engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
             if self.engine is None:
-                raise RuntimeError(
+                raise UserError(
                     f"{self.path}: TensorRT could not deserialise the engine (built with "
                     f"TensorRT {meta.get('versions', {}).get('tensorrt')}, running "
                     f"{trt.__version__}; engines are specific to the version and GPU)"
@@ -278,12 +285,35 @@ def engine_sidecar(engine_path: str | Path) -> Path:
     return p.with_name(p.name + ".json")
 
 
+def check_device(device: Any) -> str:
+    """``cpu``, ``cuda`` or ``cuda:N`` (lower case), else a UsageError."""
+    d = str(device or "cpu").strip().lower()
+    if d == "cpu" or re.fullmatch(r"cuda(:\d+)?", d):
+        return d
+    raise UsageError(f"device={device!r}: use device=cpu, cuda or cuda:N")
+
+
+def _cuda_or_error(device: str, path: Path) -> None:
+    """A UserError (one line, with the fix) unless torch sees the CUDA device ``device``."""
+    import torch  # only for the torch and TensorRT backends, which import it anyway
+
+    if not torch.cuda.is_available():
+        raise UserError(f"{path}: device={device} but torch sees no CUDA GPU; use device=cpu")
+    index = int(device.split(":")[1]) if ":" in device else 0
+    if index >= torch.cuda.device_count():
+        raise UserError(
+            f"{path}: device={device} but torch sees {torch.cuda.device_count()} GPU(s); "
+            "give cuda:0 .. cuda:N-1"
+        )
+
+
 def load_runtime(path: str | Path, device: str = "cpu", **kwargs: Any) -> Runtime:
     """Open a model by file suffix: .onnx (onnxruntime), .engine/.plan (tensorrt), .pth/.pt (torch)."""
     p = Path(path)
     if not p.is_file():
         hint = where_checkpoints_are(p) if p.suffix in (".pth", ".pt") else "give model=PATH"
         raise UserError(f"model file not found: {p}: {hint}")
+    device = check_device(device)
     suffix = p.suffix.lower()
     if suffix == ".onnx":
         return OnnxRuntime(p, device=device, **kwargs)

@@ -101,6 +101,24 @@ def test_decoder_overrides_on_the_command_line(tmp_path):
     assert results and max(per_image.values()) == 1
 
 
+def test_bad_batch_threads_and_device_one_line(tmp_path):
+    """predict's batch_size / threads / device: checked before any work, one line, exit 2."""
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"never opened")
+    (tmp_path / "photo.jpg").write_bytes(b"never read")
+    base = ["inference.predict", "input=photo.jpg", f"model={model}"]
+    for override, expected in (
+        ("batch_size=abc", "error: batch_size must be a whole number >= 1, got 'abc'"),
+        ("batch_size=0", "error: batch_size must be a whole number >= 1, got 0"),
+        ("threads=-1", "error: threads must be a whole number >= 1, got -1"),
+        ("device=gpu", "error: device='gpu': use device=cpu, cuda or cuda:N"),
+    ):
+        proc = _run(tmp_path, *base, override)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert errors == [expected], proc.stderr
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_fresh_machine_one_line_error(tmp_path, case):
     args, code, expected = CASES[case]

@@ -11,7 +11,7 @@ from datasets.errors import UsageError, UserError
 from datasets.geometry import apply
 from datasets.topology import Topology
 from export.__main__ import run as export
-from inference.runtime import TensorRTRuntime, engine_sidecar, load_runtime
+from inference.runtime import TensorRTRuntime, check_device, engine_sidecar, load_runtime
 from models.contract import ModelInfo, preprocess_image, skeletons_to_original
 from tests.deploy_fixtures import INPUT_SIZE, export_cfg, make_checkpoint
 
@@ -149,6 +149,15 @@ def test_tensorrt_runtime_refuses_clearly_without_gpu(tmp_path):
     engine.write_bytes(b"not an engine")
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: covered by test_tensorrt.py")
-    with pytest.raises(RuntimeError, match=r"(tensorrt|CUDA GPU)"):
+    with pytest.raises(UserError, match=r"(tensorrt|CUDA GPU)"):
         TensorRTRuntime(engine)
     assert engine_sidecar(engine).name == "m.engine.json"
+
+
+def test_device_is_checked_before_a_model_is_opened(tmp_path):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"not read: the device is wrong first")
+    for bad in ("gpu", "cuda:x", "cuda1"):
+        with pytest.raises(UsageError, match=r"device=.*use device=cpu, cuda or cuda:N"):
+            load_runtime(model, device=bad)
+    assert check_device("CUDA:1") == "cuda:1" and check_device(None) == "cpu"
