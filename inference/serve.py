@@ -53,7 +53,12 @@ from omegaconf import DictConfig
 from datasets.config import as_plain
 from datasets.errors import UsageError, UserError, user_errors
 from datasets.files import resolve_path
-from inference.cli import alias_model_argument, default_output_to_run_dir, output_dir
+from inference.cli import (
+    alias_model_argument,
+    default_output_to_run_dir,
+    output_dir,
+    positive_int,
+)
 from inference.draw import draw_skeletons, limb_colors, maps_overlay, part_colors
 from inference.runtime import load_runtime
 from inference.stream import (
@@ -321,7 +326,7 @@ async def serve(cfg: Mapping[str, Any], source: Source, pipeline: Pipeline, mode
     app = make_app(hub, pipeline, source, model)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
-    host, port = str(cfg.get("host", "127.0.0.1")), int(cfg.get("port", 3000))
+    host, port = str(cfg.get("host", "127.0.0.1")), listen_port(cfg)
     try:
         await web.TCPSite(runner, host, port).start()
     except OSError as e:
@@ -364,6 +369,14 @@ async def serve(cfg: Mapping[str, Any], source: Source, pipeline: Pipeline, mode
     return outcome["stats"]
 
 
+def listen_port(cfg: Mapping[str, Any]) -> int:
+    """``cfg.port`` (default 3000): a whole number 1-65535, else a UsageError."""
+    port = positive_int(cfg, "port", 3000)
+    if port > 65535:
+        raise UsageError(f"port must be a whole number 1-65535, got {port}")
+    return port
+
+
 def _pace(cfg: Mapping[str, Any], source: Source) -> float | None:
     """Frames per second to play a file at (None: cameras and streams come at their own pace)."""
     if source.live or not cfg.get("realtime", True):
@@ -377,6 +390,7 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     model_path = resolve_path(cfg.get("model_path") or cfg.get("model"))
     if cfg.get("input") in (None, "") or model_path is None:
         raise UsageError("give input=<video|folder|camera|URL> and model=<.onnx|.engine|.pth>")
+    listen_port(cfg)  # a bad port=, before the model and the source are opened
     source = open_source(cfg["input"], loop=bool(cfg.get("loop")), max_frames=cfg.get("max_frames"))
     runtime = load_runtime(model_path, device=str(cfg.get("device", "cpu")))
     tracker = make_tracker(cfg, source, runtime.info.topology)

@@ -102,7 +102,8 @@ def test_decoder_overrides_on_the_command_line(tmp_path):
 
 
 def test_bad_batch_threads_and_device_one_line(tmp_path):
-    """predict's batch_size / threads / device: checked before any work, one line, exit 2."""
+    """predict's batch_size / threads / device and serve's port: checked before any work, one
+    line, exit 2."""
     model = tmp_path / "m.onnx"
     model.write_bytes(b"never opened")
     (tmp_path / "photo.jpg").write_bytes(b"never read")
@@ -112,8 +113,11 @@ def test_bad_batch_threads_and_device_one_line(tmp_path):
         ("batch_size=0", "error: batch_size must be a whole number >= 1, got 0"),
         ("threads=-1", "error: threads must be a whole number >= 1, got -1"),
         ("device=gpu", "error: device='gpu': use device=cpu, cuda or cuda:N"),
+        ("port=abc", "error: port must be a whole number >= 1, got 'abc'"),
+        ("port=99999", "error: port must be a whole number 1-65535, got 99999"),
     ):
-        proc = _run(tmp_path, *base, override)
+        command = "inference.serve" if override.startswith("port") else "inference.predict"
+        proc = _run(tmp_path, command, *base[1:], override)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
         assert errors == [expected], proc.stderr
