@@ -34,11 +34,14 @@ from export.onnx import (
     parity_inputs,
 )
 from export.quantize import quantize_int8
+from inference.cli import positive_int
+from inference.decoder import build_decoder
 from inference.runtime import OnnxRuntime
 from models.build import build_from_checkpoint
-from models.contract import ModelInfo
+from models.contract import LAYOUTS, ModelInfo
 
 log = logging.getLogger("export")
+MIN_OPSET = 9
 
 
 def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -48,6 +51,7 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     if ckpt is None:
         raise UsageError("give the checkpoint: python -m export ckpt=runs/<name>/epoch_N.pth")
     output = resolve_path(cfg.get("output")) or ckpt.with_suffix(".onnx")
+    opset, count, atol = export_options(cfg)
     model, config = build_from_checkpoint(ckpt)
     info = model_info(cfg, config, model.stride)
     deconv_as_conv = bool(cfg.get("deconv_as_conv", False))
@@ -56,12 +60,10 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
         model,
         info,
         dynamic_batch=bool(cfg.get("dynamic_batch", True)),
-        opset=int(cfg.get("opset", 17)),
+        opset=opset,
     )
-    parity_cfg = cfg.get("parity") or {}
-    folders = [resolve_path(p) for p in parity_cfg.get("images") or []]
-    images, source = parity_inputs(info, folders, int(parity_cfg.get("count", 4)))
-    atol = float(parity_cfg.get("atol", 1e-4))
+    folders = [resolve_path(p) for p in (cfg.get("parity") or {}).get("images") or []]
+    images, source = parity_inputs(info, folders, count)
     # written under a temporary name and checked there: a graph that fails the checker or the
     # parity check never replaces a good file at the final name
     with atomic_path(output, suffix=".onnx.tmp") as tmp:
@@ -89,6 +91,27 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return result
 
 
+def export_options(cfg: Mapping[str, Any]) -> tuple[int, int, float]:
+    """(opset, parity.count, parity.atol), checked before the checkpoint is opened; the layout
+    too. A bad value is a one-line UsageError."""
+    layout = str(cfg.get("layout", "nhwc"))
+    if layout not in LAYOUTS:
+        raise UsageError(f"layout must be one of {list(LAYOUTS)}, got {layout!r}")
+    parity = cfg.get("parity") or {}
+    opset = positive_int(cfg, "opset", 17)
+    if opset < MIN_OPSET:  # below 9 the weights are listed as graph inputs: not Isaac's names
+        raise UsageError(f"opset must be >= {MIN_OPSET} (default 17), got {opset}")
+    count = positive_int(parity, "count", 4, name="parity.count")
+    try:
+        atol = float(parity.get("atol", 1e-4))
+    except (TypeError, ValueError):
+        atol = -1.0
+    if not atol >= 0:
+        raise UsageError(f"parity.atol must be a number >= 0, got {parity.get('atol')!r}")
+    positive_int(cfg.get("quantize") or {}, "count", 32, name="quantize.count")
+    return opset, count, atol
+
+
 def model_info(cfg: Mapping[str, Any], config: Mapping[str, Any], stride: int) -> ModelInfo:
     """The deployed model's metadata: the checkpoint's config, with the export config's decoder
     parameters (overridable on the command line) winning over any the training config carried;
@@ -96,6 +119,7 @@ def model_info(cfg: Mapping[str, Any], config: Mapping[str, Any], stride: int) -
     dec = {**decoder_params(config.get("decoder")), **decoder_params(cfg.get("decoder"))}
     dec.setdefault("maxpool_kernel", 3)
     info = ModelInfo.from_checkpoint_config(config, stride=stride, decoder=dec)
+    build_decoder(dec, info.topology)  # the parameters it ships are valid (UsageError if not)
     return dataclasses.replace(info, layout=str(cfg.get("layout", "nhwc")))
 
 

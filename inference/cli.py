@@ -48,9 +48,12 @@ def default_output_to_run_dir(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def positive_int(cfg: Mapping[str, Any], name: str, default: int | None = 1) -> int | None:
-    """``cfg[name]`` as a whole number >= 1 (``default`` when unset), else a UsageError."""
-    value = cfg.get(name)
+def positive_int(
+    cfg: Mapping[str, Any], key: str, default: int | None = 1, name: str | None = None
+) -> int | None:
+    """``cfg[key]`` as a whole number >= 1 (``default`` when unset), else a UsageError that
+    calls it ``name`` (default: ``key``)."""
+    value, name = cfg.get(key), name or key
     if value is None:
         return default
     try:

@@ -11,6 +11,7 @@ import onnx
 import pytest
 import torch
 
+from datasets.errors import UsageError
 from export.__main__ import run
 from export.onnx import (
     ParityError,
@@ -218,3 +219,23 @@ def test_failed_export_never_replaces_a_good_file(ckpt, tmp_path, monkeypatch, f
         run(export_cfg(ckpt, output=str(out)))
     assert out.read_bytes() == good
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good.decoder.json", "good.onnx"]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"layout": "nwhc"}, "layout must be one of ['nhwc', 'nchw'], got 'nwhc'"),
+        ({"opset": "abc"}, "opset must be a whole number >= 1, got 'abc'"),
+        ({"opset": 8}, "opset must be >= 9 (default 17), got 8"),
+        ({"parity": {"count": -1}}, "parity.count must be a whole number >= 1, got -1"),
+        ({"parity": {"atol": "abc"}}, "parity.atol must be a number >= 0, got 'abc'"),
+        ({"decoder": {"maxpool_kernel": 4}}, "maxpool_kernel must be a positive odd number"),
+        ({"decoder": {"bogus": 1}}, "unknown OpenPoseDecoder parameter(s) ['bogus']"),
+    ],
+)
+def test_bad_export_options_are_usage_errors_and_write_nothing(ckpt, tmp_path, override, message):
+    out = tmp_path / "m.onnx"
+    with pytest.raises(UsageError) as e:
+        run(export_cfg(ckpt, output=str(out), **override))
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+    assert list(tmp_path.iterdir()) == []
