@@ -34,7 +34,12 @@ from datasets.files import resolve_path
 from datasets.images import read_rgb
 from datasets.targets import TargetConfig
 from datasets.topology import Topology
-from inference.cli import alias_model_argument, default_output_to_run_dir, output_dir
+from inference.cli import (
+    alias_model_argument,
+    default_output_to_run_dir,
+    output_dir,
+    positive_int,
+)
 from inference.decoder import build_decoder
 from inference.draw import (
     colorize_maps,
@@ -55,6 +60,7 @@ from inference.draw import (
 from inference.runtime import load_runtime, maxpool_nchw
 
 log = logging.getLogger("inference.visualize")
+MAX_SCALE = 16  # pictures are the network input enlarged at most this many times
 
 
 @dataclass
@@ -331,6 +337,9 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     image = cfg.get("image")
     if image is None:
         raise UsageError("give image=PATH (with model=MODEL, or oracle=true)")
+    scale, cols = positive_int(cfg, "scale", 2), positive_int(cfg, "grid_cols", 3)
+    if scale > MAX_SCALE:  # each picture is the network input times scale, squared in memory
+        raise UsageError(f"scale must be 1-{MAX_SCALE}, got {scale}")
     out_dir = output_dir(cfg, "visualize")
     if cfg.get("oracle"):
         maps = maps_from_ground_truth(str(image), cfg, _oracle_topology(cfg))
@@ -342,17 +351,13 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
         if not image_path.is_file():
             raise UserError(f"image not found: {image_path}: give image=PATH")
         maps = maps_from_model(image_path, model, str(cfg.get("device", "cpu")))
-    steps = render_steps(
-        maps, cfg.get("decoder_overrides"), int(cfg.get("scale", 2)), cfg.get("edge")
-    )
+    steps = render_steps(maps, cfg.get("decoder_overrides"), scale, cfg.get("edge"))
     paths = []
     for stem, _, img in steps:
         path = out_dir / f"{stem}.png"
         write_rgb(path, img)
         paths.append(path)
-    grid = make_grid(
-        [titled(img, title) for _, title, img in steps], cols=int(cfg.get("grid_cols", 3))
-    )
+    grid = make_grid([titled(img, title) for _, title, img in steps], cols=cols)
     write_rgb(out_dir / "grid.png", grid)
     for (_, title, _), p in zip(steps, paths, strict=True):
         print(f"{p.name:40s} {title}")

@@ -101,26 +101,30 @@ def test_decoder_overrides_on_the_command_line(tmp_path):
     assert results and max(per_image.values()) == 1
 
 
-def test_bad_batch_threads_and_device_one_line(tmp_path):
-    """predict's batch_size / threads / device and serve's port: checked before any work, one
-    line, exit 2."""
+PREDICT, SERVE, VISUALIZE = "inference.predict", "inference.serve", "inference.visualize"
+BAD_NUMBERS = [  # (command, override, error line): checked before the model or input is read
+    (PREDICT, "batch_size=abc", "error: batch_size must be a whole number >= 1, got 'abc'"),
+    (PREDICT, "batch_size=0", "error: batch_size must be a whole number >= 1, got 0"),
+    (PREDICT, "threads=-1", "error: threads must be a whole number >= 1, got -1"),
+    (PREDICT, "device=gpu", "error: device='gpu': use device=cpu, cuda or cuda:N"),
+    (SERVE, "port=abc", "error: port must be a whole number >= 1, got 'abc'"),
+    (SERVE, "port=99999", "error: port must be a whole number 1-65535, got 99999"),
+    (VISUALIZE, "scale=0", "error: scale must be a whole number >= 1, got 0"),
+    (VISUALIZE, "scale=100", "error: scale must be 1-16, got 100"),
+    (VISUALIZE, "grid_cols=abc", "error: grid_cols must be a whole number >= 1, got 'abc'"),
+]
+
+
+@pytest.mark.parametrize(("command", "override", "expected"), BAD_NUMBERS)
+def test_bad_numbers_and_device_one_line(tmp_path, command, override, expected):
     model = tmp_path / "m.onnx"
     model.write_bytes(b"never opened")
     (tmp_path / "photo.jpg").write_bytes(b"never read")
-    base = ["inference.predict", "input=photo.jpg", f"model={model}"]
-    for override, expected in (
-        ("batch_size=abc", "error: batch_size must be a whole number >= 1, got 'abc'"),
-        ("batch_size=0", "error: batch_size must be a whole number >= 1, got 0"),
-        ("threads=-1", "error: threads must be a whole number >= 1, got -1"),
-        ("device=gpu", "error: device='gpu': use device=cpu, cuda or cuda:N"),
-        ("port=abc", "error: port must be a whole number >= 1, got 'abc'"),
-        ("port=99999", "error: port must be a whole number 1-65535, got 99999"),
-    ):
-        command = "inference.serve" if override.startswith("port") else "inference.predict"
-        proc = _run(tmp_path, command, *base[1:], override)
-        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-        assert errors == [expected], proc.stderr
+    source = "image=photo.jpg" if command == VISUALIZE else "input=photo.jpg"
+    proc = _run(tmp_path, command, source, f"model={model}", override)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [expected], proc.stderr
 
 
 @pytest.mark.parametrize("case", list(CASES))
