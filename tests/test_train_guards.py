@@ -35,6 +35,9 @@ REPO = Path(__file__).resolve().parent.parent
         ({"data": {"input_size": [0, 0]}}, "data.input_size=[0, 0]: give [H,W]"),
         ({"data": {"input_size": [66, 64]}}, "multiples of the stride 4"),
         ({"data": {"input_size": [64, 64], "batch_size": 0}}, "batch_size=0"),
+        ({"threads": -2}, "threads=-2: give an integer >= 1 or null"),
+        ({"device": "bogus"}, "device=bogus: give auto, cpu, cuda or cuda:N"),
+        ({"image_every": -1}, "image_every=-1: give an integer >= 0"),
     ],
 )
 def test_overrides_that_cannot_train_are_refused_at_startup(tmp_path, override, message):

@@ -25,6 +25,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from datasets.errors import UserError
+
 log = logging.getLogger("train")
 
 
@@ -53,9 +55,7 @@ def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     dev = torch.device(device)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(
-                f"device={device} requested but CUDA is not available; use device=cpu"
-            )
+            raise UserError(f"device={device} requested but CUDA is not available; use device=cpu")
         if dev.index is None:
             dev = torch.device(f"cuda:{local_rank}")
     return dev

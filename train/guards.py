@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import socket
 import time
 from collections.abc import Mapping
@@ -45,6 +46,14 @@ def _int(cfg: Mapping[str, Any], key: str, minimum: int, optional: bool = False)
         raise UsageError(f"{key}={value}: give an integer >= {minimum}{also}")
 
 
+def validate_process(cfg: Mapping[str, Any]) -> None:
+    """Refuse a bad ``device`` or ``threads`` before the process group and threads are set up."""
+    _int(cfg, "threads", 1, optional=True)
+    device = str(cfg.get("device") or "auto")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise UsageError(f"device={device}: give auto, cpu, cuda or cuda:N")
+
+
 def validate_config(cfg: Mapping[str, Any], stride: int) -> None:
     """Refuse overrides that cannot train, naming the override and what it takes."""
     _int(cfg, "epochs", 1)
@@ -54,6 +63,7 @@ def validate_config(cfg: Mapping[str, Any], stride: int) -> None:
     _int(cfg, "ckpt_every", 1)
     _int(cfg, "log_every", 1)
     _int(cfg, "val_every", 0)
+    _int(cfg, "image_every", 0)
     data = cfg.get("data") or {}
     _int(data, "batch_size", 1)
     _int(data, "num_workers", 0)

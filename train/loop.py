@@ -52,7 +52,14 @@ from train.checkpoint import (
     training_state,
     unwrap_model,
 )
-from train.guards import RunLock, check_resume, merge_summary, read_summary, validate_config
+from train.guards import (
+    RunLock,
+    check_resume,
+    merge_summary,
+    read_summary,
+    validate_config,
+    validate_process,
+)
 from train.setup import seed_everything, setup_process
 from train.visual import prediction_panel
 
@@ -629,6 +636,7 @@ def run(
     (tests and benchmarks); batches are dicts as ``datasets.coco.collate`` makes them.
     """
     cfg = as_plain(cfg)
+    validate_process(cfg)
     dist = du.init_distributed(str(cfg["device"]), float(cfg.get("ddp_timeout_s") or 600))
     lock = None
     try:
