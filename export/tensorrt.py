@@ -28,12 +28,14 @@ import hydra
 import numpy as np
 import onnx
 import torch
+from google.protobuf.message import DecodeError  # what onnx.load raises on a non-ONNX file
 from omegaconf import DictConfig
 
 from datasets.config import as_plain
 from datasets.errors import UsageError, UserError, user_errors
 from datasets.files import atomic_path, list_images, resolve_path, write_json
 from datasets.images import read_rgb
+from inference.cli import positive_int
 from inference.runtime import engine_sidecar
 from models.contract import INPUT_NAME, ModelInfo, preprocess_image
 
@@ -264,28 +266,53 @@ def run(cfg: Mapping[str, Any]) -> Path:
             f"ONNX model not found: {onnx_path}: export one first (python -m export "
             "ckpt=runs/<name>/epoch_N.pth), then give onnx=path/to/model.onnx"
         )
-    precision = str(cfg.get("precision", "fp16"))
+    options = build_options(cfg, onnx_path)
     output = resolve_path(cfg.get("output")) or onnx_path.with_name(
-        f"{onnx_path.stem}.{precision}.engine"
+        f"{onnx_path.stem}.{options['precision']}.engine"
     )
-    batch = cfg.get("batch") or {}
     calib = cfg.get("calibration") or {}
     path = build_engine(
         onnx_path,
         output,
-        precision=precision,
-        min_batch=int(batch.get("min", 1)),
-        opt_batch=int(batch.get("opt", 1)),
-        max_batch=int(batch.get("max", 8)),
-        workspace_mib=int(cfg.get("workspace_mib", 1024)),
+        **options,
         timing_cache=resolve_path(cfg.get("timing_cache")),
         calibration_images=resolve_path(calib.get("images")),
-        calibration_count=int(calib.get("count", 256)),
-        calibration_batch=int(calib.get("batch_size", 8)),
         calibration_cache=resolve_path(calib.get("cache")),
     )
     print(f"wrote {path} and {engine_sidecar(path).name}")
     return path
+
+
+def build_options(cfg: Mapping[str, Any], onnx_path: Path) -> dict[str, Any]:
+    """``build_engine``'s precision, batch range, workspace and calibration sizes from the
+    config, and the ONNX file read once: checked here, on any machine, before TensorRT and a GPU
+    are needed (one-line usage errors)."""
+    precision = str(cfg.get("precision", "fp16"))
+    if precision not in PRECISIONS:
+        raise UsageError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    batch, calib = cfg.get("batch") or {}, cfg.get("calibration") or {}
+    sizes = {
+        "min_batch": positive_int(batch, "min", 1, name="batch.min"),
+        "opt_batch": positive_int(batch, "opt", 1, name="batch.opt"),
+        "max_batch": positive_int(batch, "max", 8, name="batch.max"),
+        "workspace_mib": positive_int(cfg, "workspace_mib", 1024),
+        "calibration_count": positive_int(calib, "count", 256, name="calibration.count"),
+        "calibration_batch": positive_int(calib, "batch_size", 8, name="calibration.batch_size"),
+    }
+    if not sizes["min_batch"] <= sizes["opt_batch"] <= sizes["max_batch"]:
+        raise UsageError(
+            f"need batch.min <= batch.opt <= batch.max; got {sizes['min_batch']}, "
+            f"{sizes['opt_batch']}, {sizes['max_batch']}"
+        )
+    try:
+        read_onnx_info(onnx_path)
+    except DecodeError as e:
+        raise UserError(
+            f"{onnx_path}: not an ONNX file ({e}); give the .onnx written by python -m export"
+        ) from None
+    except ValueError as e:  # no metadata or input name of ours: the message names the fix
+        raise UserError(str(e)) from None
+    return {"precision": precision, **sizes}
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="tensorrt")

@@ -8,9 +8,12 @@ import subprocess
 import sys
 
 import numpy as np
+import onnx
 import pytest
 
+from datasets.errors import UsageError, UserError
 from export.__main__ import run as export
+from export.tensorrt import run as trt_run
 from tests.deploy_fixtures import INPUT_SIZE, REPO, export_cfg, make_checkpoint
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -59,6 +62,41 @@ def test_refuses_clearly_without_gpu_or_tensorrt(onnx_model, tmp_path):
     else:
         assert "the `tensorrt` Python package is not installed" in proc.stderr
     assert not list(onnx_path.parent.glob("*.engine"))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"precision": "fp8"}, "precision must be one of ['fp32', 'fp16', 'int8'], got 'fp8'"),
+        ({"batch": {"min": 4, "opt": 2, "max": 8}}, "need batch.min <= batch.opt <= batch.max"),
+        ({"batch": {"max": 0}}, "batch.max must be a whole number >= 1, got 0"),
+        ({"calibration": {"batch_size": "x"}}, "calibration.batch_size must be a whole number"),
+        ({"workspace_mib": -1}, "workspace_mib must be a whole number >= 1, got -1"),
+    ],
+)
+def test_bad_build_options_are_refused_on_any_machine(onnx_model, override, message):
+    """Checked before TensorRT and a GPU are needed: a CPU machine finds the mistake too."""
+    _, onnx_path = onnx_model
+    with pytest.raises(UsageError) as e:
+        trt_run({"onnx": str(onnx_path), **override})
+    assert str(e.value).startswith(message)
+    assert not list(onnx_path.parent.glob("*.engine"))
+
+
+def test_a_file_not_written_by_export_is_named(tmp_path):
+    bad = tmp_path / "photo.onnx"
+    bad.write_bytes(b"\xff\xd8 not onnx")
+    with pytest.raises(UserError, match=r"photo.onnx: not an ONNX file .* python -m export"):
+        trt_run({"onnx": str(bad)})
+    bare = tmp_path / "bare.onnx"
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["input"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+    )  # fmt: skip
+    onnx.save(onnx.helper.make_model(graph), str(bare))
+    with pytest.raises(UserError, match=r"bare.onnx: metadata lacks .*python -m export"):
+        trt_run({"onnx": str(bare)})
 
 
 @pytest.mark.gpu
