@@ -34,7 +34,7 @@ from export.onnx import (
     parity_inputs,
 )
 from export.quantize import quantize_int8
-from inference.cli import positive_int
+from inference.cli import whole_number
 from inference.decoder import build_decoder
 from inference.runtime import OnnxRuntime
 from models.build import build_from_checkpoint
@@ -98,17 +98,17 @@ def export_options(cfg: Mapping[str, Any]) -> tuple[int, int, float]:
     if layout not in LAYOUTS:
         raise UsageError(f"layout must be one of {list(LAYOUTS)}, got {layout!r}")
     parity = cfg.get("parity") or {}
-    opset = positive_int(cfg, "opset", 17)
+    opset = whole_number(cfg, "opset", 17)
     if opset < MIN_OPSET:  # below 9 the weights are listed as graph inputs: not Isaac's names
         raise UsageError(f"opset must be >= {MIN_OPSET} (default 17), got {opset}")
-    count = positive_int(parity, "count", 4, name="parity.count")
+    count = whole_number(parity, "count", 4, name="parity.count")
     try:
         atol = float(parity.get("atol", 1e-4))
     except (TypeError, ValueError):
         atol = -1.0
     if not atol >= 0:
         raise UsageError(f"parity.atol must be a number >= 0, got {parity.get('atol')!r}")
-    positive_int(cfg.get("quantize") or {}, "count", 32, name="quantize.count")
+    whole_number(cfg.get("quantize") or {}, "count", 32, name="quantize.count")
     return opset, count, atol
 
 

@@ -35,7 +35,7 @@ from datasets.config import as_plain
 from datasets.errors import UsageError, UserError, user_errors
 from datasets.files import atomic_path, list_images, resolve_path, write_json
 from datasets.images import read_rgb
-from inference.cli import positive_int
+from inference.cli import whole_number
 from inference.runtime import engine_sidecar
 from models.contract import INPUT_NAME, ModelInfo, preprocess_image
 
@@ -292,12 +292,12 @@ def build_options(cfg: Mapping[str, Any], onnx_path: Path) -> dict[str, Any]:
         raise UsageError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
     batch, calib = cfg.get("batch") or {}, cfg.get("calibration") or {}
     sizes = {
-        "min_batch": positive_int(batch, "min", 1, name="batch.min"),
-        "opt_batch": positive_int(batch, "opt", 1, name="batch.opt"),
-        "max_batch": positive_int(batch, "max", 8, name="batch.max"),
-        "workspace_mib": positive_int(cfg, "workspace_mib", 1024),
-        "calibration_count": positive_int(calib, "count", 256, name="calibration.count"),
-        "calibration_batch": positive_int(calib, "batch_size", 8, name="calibration.batch_size"),
+        "min_batch": whole_number(batch, "min", 1, name="batch.min"),
+        "opt_batch": whole_number(batch, "opt", 1, name="batch.opt"),
+        "max_batch": whole_number(batch, "max", 8, name="batch.max"),
+        "workspace_mib": whole_number(cfg, "workspace_mib", 1024),
+        "calibration_count": whole_number(calib, "count", 256, name="calibration.count"),
+        "calibration_batch": whole_number(calib, "batch_size", 8, name="calibration.batch_size"),
     }
     if not sizes["min_batch"] <= sizes["opt_batch"] <= sizes["max_batch"]:
         raise UsageError(

@@ -48,19 +48,23 @@ def default_output_to_run_dir(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def positive_int(
-    cfg: Mapping[str, Any], key: str, default: int | None = 1, name: str | None = None
+def whole_number(
+    cfg: Mapping[str, Any],
+    key: str,
+    default: int | None = 1,
+    name: str | None = None,
+    minimum: int = 1,
 ) -> int | None:
-    """``cfg[key]`` as a whole number >= 1 (``default`` when unset), else a UsageError that
-    calls it ``name`` (default: ``key``)."""
+    """``cfg[key]`` as a whole number >= ``minimum`` (``default`` when unset or null), else a
+    UsageError that calls it ``name`` (default: ``key``)."""
     value, name = cfg.get(key), name or key
     if value is None:
         return default
     try:
         number = int(value)
-        ok = not isinstance(value, bool) and number >= 1 and float(value) == number
+        ok = not isinstance(value, bool) and number >= minimum and float(value) == number
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise UsageError(f"{name} must be a whole number >= 1, got {value!r}")
+        raise UsageError(f"{name} must be a whole number >= {minimum}, got {value!r}")
     return number

@@ -54,7 +54,7 @@ from inference.cli import (
     alias_model_argument,
     default_output_to_run_dir,
     output_dir,
-    positive_int,
+    whole_number,
 )
 from inference.cocoeval import (
     evaluate,
@@ -102,7 +102,7 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     else:
         images = _images_dir(cfg.get("images"), annotations)
         what = f"model {model_path.name} (input {_hw(setup.input_hw)}, {setup.aspect})"
-        batch, skip = positive_int(cfg, "batch_size"), bool(cfg.get("skip_unreadable"))
+        batch, skip = whole_number(cfg, "batch_size"), bool(cfg.get("skip_unreadable"))
         max_pixels = cfg.get("max_pixels", MAX_PIXELS)
         results, evaluated, skipped = model_results(
             setup.runtime, decoder, gt, category, ids, images, batch, skip, max_pixels
@@ -158,8 +158,9 @@ def _image_ids(gt: Any, category: Mapping[str, Any], cfg: Mapping[str, Any]) -> 
     ids = sorted(gt.getImgIds())
     if cfg.get("only_with_people"):
         ids = [i for i in ids if _has_people(gt, i, category)]
-    if cfg.get("max_images"):
-        ids = ids[: int(cfg["max_images"])]
+    most = whole_number(cfg, "max_images", None)
+    if most is not None:
+        ids = ids[:most]
     return ids
 
 
@@ -172,7 +173,7 @@ def _setup(cfg: Mapping[str, Any], model_path: Path | None, kfile: KeypointFile)
         if TTAConfig.from_config(cfg.get("tta")).active:
             raise UsageError("tta.flip / tta.scales need a network: give model=PATH")
         return _oracle_setup(cfg, kfile)
-    threads = positive_int(cfg, "threads", None)
+    threads = whole_number(cfg, "threads", None)
     kwargs = {"threads": threads} if threads and model_path.suffix == ".onnx" else {}
     runtime = load_runtime(model_path, device=str(cfg.get("device") or "cpu"), **kwargs)
     runtime = with_tta(runtime, cfg.get("tta"))  # mirror / scales averaged in map space
@@ -222,7 +223,7 @@ def _oracle(
     what += f", noise {noise}, blur {blur})" if noise or blur else ")"
     results = oracle_results(
         *(gt, setup.topology, category, decoder, setup.input_hw, setup.targets, setup.aspect),
-        *(ids, noise, blur, int(cfg.get("seed") or 0)),
+        *(ids, noise, blur, whole_number(cfg, "seed", 0, minimum=0)),
     )
     return what, results
 

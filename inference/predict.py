@@ -42,7 +42,7 @@ from inference.cli import (
     alias_model_argument,
     default_output_to_run_dir,
     output_dir,
-    positive_int,
+    whole_number,
 )
 from inference.runtime import load_runtime
 from inference.stream import (
@@ -80,7 +80,7 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
         raise UsageError(
             "give input=<image|folder|video|camera|URL> and model=<.onnx|.engine|.pth>"
         )
-    batch_size, threads = positive_int(cfg, "batch_size"), positive_int(cfg, "threads", None)
+    batch_size, threads = whole_number(cfg, "batch_size"), whole_number(cfg, "threads", None)
     out_dir = output_dir(cfg, "predict")
     max_pixels = cfg.get("max_pixels", MAX_PIXELS)
     source = open_source(cfg["input"], max_frames=cfg.get("max_frames"), max_pixels=max_pixels)

@@ -57,7 +57,7 @@ from inference.cli import (
     alias_model_argument,
     default_output_to_run_dir,
     output_dir,
-    positive_int,
+    whole_number,
 )
 from inference.draw import draw_skeletons, limb_colors, maps_overlay, part_colors
 from inference.runtime import load_runtime
@@ -371,7 +371,7 @@ async def serve(cfg: Mapping[str, Any], source: Source, pipeline: Pipeline, mode
 
 def listen_port(cfg: Mapping[str, Any]) -> int:
     """``cfg.port`` (default 3000): a whole number 1-65535, else a UsageError."""
-    port = positive_int(cfg, "port", 3000)
+    port = whole_number(cfg, "port", 3000)
     if port > 65535:
         raise UsageError(f"port must be a whole number 1-65535, got {port}")
     return port

@@ -38,7 +38,7 @@ from inference.cli import (
     alias_model_argument,
     default_output_to_run_dir,
     output_dir,
-    positive_int,
+    whole_number,
 )
 from inference.decoder import build_decoder
 from inference.draw import (
@@ -337,7 +337,7 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     image = cfg.get("image")
     if image is None:
         raise UsageError("give image=PATH (with model=MODEL, or oracle=true)")
-    scale, cols = positive_int(cfg, "scale", 2), positive_int(cfg, "grid_cols", 3)
+    scale, cols = whole_number(cfg, "scale", 2), whole_number(cfg, "grid_cols", 3)
     if scale > MAX_SCALE:  # each picture is the network input times scale, squared in memory
         raise UsageError(f"scale must be 1-{MAX_SCALE}, got {scale}")
     out_dir = output_dir(cfg, "visualize")
