@@ -8,6 +8,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from datasets.errors import UsageError
+
 
 def as_plain(cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
     """A resolved, deep-copied plain ``dict`` of ``cfg`` (a DictConfig or a mapping of plain data).
@@ -28,3 +30,25 @@ def _missing_to_none(value: Any) -> Any:
     if isinstance(value, list):
         return [_missing_to_none(v) for v in value]
     return None if value == "???" else value
+
+
+def whole_number(
+    cfg: Mapping[str, Any],
+    key: str,
+    default: int | None = 1,
+    name: str | None = None,
+    minimum: int = 1,
+) -> int | None:
+    """``cfg[key]`` as a whole number >= ``minimum`` (``default`` when unset or null), else a
+    UsageError that calls it ``name`` (default: ``key``)."""
+    value, name = cfg.get(key), name or key
+    if value is None:
+        return default
+    try:
+        number = int(value)
+        ok = not isinstance(value, bool) and number >= minimum and float(value) == number
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise UsageError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+    return number

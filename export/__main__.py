@@ -21,7 +21,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from datasets.config import as_plain
+from datasets.config import as_plain, whole_number
 from datasets.errors import UsageError, user_errors
 from datasets.files import atomic_path, resolve_path, write_json
 from export.onnx import (
@@ -34,7 +34,6 @@ from export.onnx import (
     parity_inputs,
 )
 from export.quantize import quantize_int8
-from inference.cli import whole_number
 from inference.decoder import build_decoder
 from inference.runtime import OnnxRuntime
 from models.build import build_from_checkpoint

@@ -31,11 +31,10 @@ import torch
 from google.protobuf.message import DecodeError  # what onnx.load raises on a non-ONNX file
 from omegaconf import DictConfig
 
-from datasets.config import as_plain
+from datasets.config import as_plain, whole_number
 from datasets.errors import UsageError, UserError, user_errors
 from datasets.files import atomic_path, list_images, resolve_path, write_json
 from datasets.images import read_rgb
-from inference.cli import whole_number
 from inference.runtime import engine_sidecar
 from models.contract import INPUT_NAME, ModelInfo, preprocess_image
 

@@ -11,7 +11,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from datasets.errors import UsageError
 from datasets.files import claim_dir, resolve_path
 
 TIME_FORMAT = "%Y-%m-%d_%H-%M-%S"  # as the run dirs in conf/*.yaml (${now:...})
@@ -46,25 +45,3 @@ def default_output_to_run_dir(cfg: DictConfig) -> DictConfig:
         OmegaConf.set_struct(cfg, False)
         cfg.output = HydraConfig.get().runtime.output_dir
     return cfg
-
-
-def whole_number(
-    cfg: Mapping[str, Any],
-    key: str,
-    default: int | None = 1,
-    name: str | None = None,
-    minimum: int = 1,
-) -> int | None:
-    """``cfg[key]`` as a whole number >= ``minimum`` (``default`` when unset or null), else a
-    UsageError that calls it ``name`` (default: ``key``)."""
-    value, name = cfg.get(key), name or key
-    if value is None:
-        return default
-    try:
-        number = int(value)
-        ok = not isinstance(value, bool) and number >= minimum and float(value) == number
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise UsageError(f"{name} must be a whole number >= {minimum}, got {value!r}")
-    return number

@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from datasets.auto_topology import resolve_topology
 from datasets.cocofile import KeypointFile, load_keypoint_file
-from datasets.config import as_plain
+from datasets.config import as_plain, whole_number
 from datasets.errors import UsageError, UserError, user_errors
 from datasets.files import resolve_path, write_json
 from datasets.geometry import ASPECT_POLICIES
@@ -54,7 +54,6 @@ from inference.cli import (
     alias_model_argument,
     default_output_to_run_dir,
     output_dir,
-    whole_number,
 )
 from inference.cocoeval import (
     evaluate,
@@ -64,6 +63,7 @@ from inference.cocoeval import (
 from inference.decoder import OpenPoseDecoder, build_decoder
 from inference.oracle import decode_image, oracle_results
 from inference.runtime import load_runtime
+from inference.stream import source_limits
 from inference.tta import TTAConfig, with_tta
 
 log = logging.getLogger("inference.eval")
@@ -103,7 +103,7 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
         images = _images_dir(cfg.get("images"), annotations)
         what = f"model {model_path.name} (input {_hw(setup.input_hw)}, {setup.aspect})"
         batch, skip = whole_number(cfg, "batch_size"), bool(cfg.get("skip_unreadable"))
-        max_pixels = cfg.get("max_pixels", MAX_PIXELS)
+        max_pixels = source_limits(cfg)["max_pixels"]
         results, evaluated, skipped = model_results(
             setup.runtime, decoder, gt, category, ids, images, batch, skip, max_pixels
         )

@@ -34,15 +34,13 @@ import hydra
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from datasets.config import as_plain
+from datasets.config import as_plain, whole_number
 from datasets.errors import UsageError, user_errors
 from datasets.files import resolve_path, write_json
-from datasets.images import MAX_PIXELS
 from inference.cli import (
     alias_model_argument,
     default_output_to_run_dir,
     output_dir,
-    whole_number,
 )
 from inference.runtime import load_runtime
 from inference.stream import (
@@ -53,6 +51,7 @@ from inference.stream import (
     make_tracker,
     open_source,
     run_stream,
+    source_limits,
 )
 from inference.tta import with_tta
 
@@ -82,8 +81,7 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
         )
     batch_size, threads = whole_number(cfg, "batch_size"), whole_number(cfg, "threads", None)
     out_dir = output_dir(cfg, "predict")
-    max_pixels = cfg.get("max_pixels", MAX_PIXELS)
-    source = open_source(cfg["input"], max_frames=cfg.get("max_frames"), max_pixels=max_pixels)
+    source = open_source(cfg["input"], **source_limits(cfg))
     kwargs = {"threads": threads} if threads and model_path.suffix == ".onnx" else {}
     runtime = load_runtime(model_path, device=str(cfg.get("device", "cpu")), **kwargs)
     runtime = with_tta(runtime, cfg.get("tta"))  # mirror / scales averaged in map space

@@ -50,14 +50,13 @@ import numpy as np
 from aiohttp import WSMsgType, web
 from omegaconf import DictConfig
 
-from datasets.config import as_plain
+from datasets.config import as_plain, whole_number
 from datasets.errors import UsageError, UserError, user_errors
 from datasets.files import resolve_path
 from inference.cli import (
     alias_model_argument,
     default_output_to_run_dir,
     output_dir,
-    whole_number,
 )
 from inference.draw import draw_skeletons, limb_colors, maps_overlay, part_colors
 from inference.runtime import load_runtime
@@ -70,6 +69,7 @@ from inference.stream import (
     make_tracker,
     open_source,
     run_stream,
+    source_limits,
 )
 from models.contract import ModelInfo
 
@@ -391,7 +391,7 @@ def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     if cfg.get("input") in (None, "") or model_path is None:
         raise UsageError("give input=<video|folder|camera|URL> and model=<.onnx|.engine|.pth>")
     listen_port(cfg)  # a bad port=, before the model and the source are opened
-    source = open_source(cfg["input"], loop=bool(cfg.get("loop")), max_frames=cfg.get("max_frames"))
+    source = open_source(cfg["input"], loop=bool(cfg.get("loop")), **source_limits(cfg))
     runtime = load_runtime(model_path, device=str(cfg.get("device", "cpu")))
     tracker = make_tracker(cfg, source, runtime.info.topology)
     pipeline = Pipeline(runtime, cfg.get("decoder_overrides"), tracker, keep_maps=True)

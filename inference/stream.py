@@ -33,7 +33,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from datasets.errors import UserError
+from datasets.config import whole_number
+from datasets.errors import UsageError, UserError
 from datasets.files import IMAGE_SUFFIXES, write_json
 from datasets.images import MAX_PIXELS, ImageError, read_rgb
 from datasets.neck import COCO_PERSON_KEYPOINTS, adds_neck
@@ -362,12 +363,22 @@ def make_tracker(cfg: Mapping[str, Any], source: Source, topology: Topology) -> 
     """The tracker asked for by ``cfg`` (``track``: true / false / null = on for videos, cameras
     and streams; ``smooth``; ``tracker``: max_age, min_oks, min_cutoff, beta)."""
     track = cfg.get("track")
-    if not (source.is_video if track is None else bool(track)):
+    if track not in (None, True, False):  # "maybe" would be truthy
+        raise UsageError(f"track={track!r}: give true, false or null (on for videos)")
+    if not (source.is_video if track is None else track):
         return None
     opts = dict(cfg.get("tracker") or {})
     return Tracker(
         topology_sigmas(topology), smooth=bool(cfg.get("smooth")), fps=source.fps or 30.0, **opts
     )
+
+
+def source_limits(cfg: Mapping[str, Any]) -> dict[str, int | None]:
+    """``open_source``'s ``max_frames`` (null: all) and ``max_pixels`` (null: no cap; absent:
+    ``MAX_PIXELS``) from a command's config, checked: whole numbers >= 1 (a negative count
+    would silently read nothing)."""
+    pixels = whole_number(cfg, "max_pixels", None) if "max_pixels" in cfg else MAX_PIXELS
+    return {"max_frames": whole_number(cfg, "max_frames", None), "max_pixels": pixels}
 
 
 def run_stream(

@@ -581,6 +581,14 @@ class Tracker:
         if not 0.0 < float(min_oks) <= 1.0:
             # 0 would match pairs with nothing in common (the assignment pairs every track)
             raise UsageError(f"tracker.min_oks={min_oks}: give an OKS in (0, 1], e.g. 0.3")
+        if not (float(max_age) >= 0 and float(max_age) == int(max_age)):
+            raise UsageError(f"tracker.max_age={max_age}: give frames >= 0, e.g. 30")
+        if not float(min_cutoff) > 0:
+            raise UsageError(f"tracker.min_cutoff={min_cutoff}: give Hz > 0, e.g. 1.0")
+        if not float(beta) >= 0:
+            raise UsageError(f"tracker.beta={beta}: give a number >= 0, e.g. 0.02")
+        if not 0 <= float(velocity_momentum) <= 1:
+            raise UsageError(f"tracker.velocity_momentum={velocity_momentum}: give one in [0, 1]")
         self.sigmas = np.asarray(sigmas, dtype=np.float64)
         self.k = len(self.sigmas)
         self.max_age = int(max_age)

@@ -28,7 +28,7 @@ from omegaconf import DictConfig
 
 from datasets.auto_topology import topology_for_file
 from datasets.coco import CocoKeypoints
-from datasets.config import as_plain
+from datasets.config import as_plain, whole_number
 from datasets.errors import UsageError, UserError, user_errors
 from datasets.files import resolve_path
 from datasets.images import read_rgb
@@ -38,7 +38,6 @@ from inference.cli import (
     alias_model_argument,
     default_output_to_run_dir,
     output_dir,
-    whole_number,
 )
 from inference.decoder import build_decoder
 from inference.draw import (

@@ -10,8 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
-from datasets.errors import UserError
+from datasets.errors import UsageError, UserError
 from datasets.geometry import apply, fit_matrix
+from datasets.images import MAX_PIXELS
 from datasets.synthetic_video import render_video, simulate_walks
 from datasets.targets import TargetConfig, render_targets
 from datasets.topology import Topology
@@ -29,6 +30,7 @@ from inference.stream import (
     make_tracker,
     open_source,
     run_stream,
+    source_limits,
 )
 from models.contract import ModelInfo
 from tests.deploy_fixtures import random_image
@@ -105,6 +107,19 @@ def test_tracking_defaults_follow_the_source():
     assert make_tracker({"track": True}, _frames_source(1, kind="images"), COCO18) is not None
     tracker = make_tracker({"smooth": True, "tracker": {"max_age": 7}}, _frames_source(1), COCO18)
     assert tracker.smooth and tracker.max_age == 7 and tracker.fps == 15.0
+    with pytest.raises(UsageError, match=r"track='maybe': give true, false or null"):
+        make_tracker({"track": "maybe"}, _frames_source(1), COCO18)
+
+
+def test_source_limits_refuse_counts_that_would_read_nothing():
+    assert source_limits({}) == {"max_frames": None, "max_pixels": MAX_PIXELS}
+    assert source_limits({"max_frames": 5, "max_pixels": None}) == {
+        "max_frames": 5,
+        "max_pixels": None,  # null: no cap
+    }
+    for bad in ({"max_frames": -1}, {"max_frames": 0}, {"max_pixels": -5}, {"max_frames": "x"}):
+        with pytest.raises(UsageError, match=f"{next(iter(bad))} must be a whole number >= 1"):
+            source_limits(bad)
 
 
 def test_video_loop_and_max_frames(tmp_path):

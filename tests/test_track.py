@@ -354,3 +354,6 @@ def test_many_tracks_grow_the_arrays():
 def test_min_oks_must_be_positive():
     with pytest.raises(UsageError, match="min_oks"):
         Tracker(SIGMAS, min_oks=0.0)
+    for bad in ({"max_age": -1}, {"max_age": 2.5}, {"min_cutoff": 0}, {"beta": -1.0}):
+        with pytest.raises(UsageError, match=f"tracker.{next(iter(bad))}="):
+            Tracker(SIGMAS, **bad)
