@@ -30,11 +30,13 @@ import hashlib
 import http.client
 import json
 import logging
+import math
 import os
 import shutil
 import stat
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -44,6 +46,7 @@ from typing import Any, BinaryIO
 
 from tqdm import tqdm
 
+from datasets.config import whole_number
 from datasets.errors import UsageError, UserError, user_errors
 from datasets.files import write_json
 
@@ -409,13 +412,43 @@ def resolve_files(
     return out
 
 
+def download_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``ensure_file``'s base_url, retries, timeout and backoff from the config, checked (one
+    line each: a negative retry count used to end in an assertion, a URL without a scheme in
+    urllib's traceback)."""
+    base_url = str(cfg.get("base_url") or "")
+    if urllib.parse.urlsplit(base_url).scheme not in ("http", "https", "file"):
+        raise UsageError(f"base_url={base_url!r}: give an http(s):// or file:// URL")
+    return {
+        "base_url": base_url,
+        "retries": whole_number(cfg, "retries", 3, minimum=0),
+        "timeout": _seconds(cfg, "timeout", 60.0, zero_ok=False),
+        "backoff": _seconds(cfg, "backoff", 1.0, zero_ok=True),
+    }
+
+
+def _seconds(cfg: Mapping[str, Any], key: str, default: float, zero_ok: bool) -> float:
+    value = cfg.get(key, default)
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not (seconds >= 0 if zero_ok else seconds > 0):
+        raise UsageError(f"{key}={value!r}: give seconds {'>= 0' if zero_ok else '> 0'}")
+    return seconds
+
+
 def run(cfg: Mapping[str, Any]) -> list[Path]:
     """Download, verify and extract the configured archives; returns the verified archive paths."""
+    options = download_options(cfg)
+    files = cfg.get("files")
+    if files is not None and not isinstance(files, Mapping):
+        raise UsageError("files= is a table {NAME: {path, md5, size}}, not a list; or give splits=")
     root = Path(str(cfg["data"]["root"])).expanduser()
     if not root.is_absolute():
         root = Path.cwd() / root
     root.mkdir(parents=True, exist_ok=True)
-    specs = resolve_files(list(cfg["splits"]), cfg.get("files"))
+    specs = resolve_files(list(cfg["splits"]), files)
     done = []
     for spec in specs:
         path = root / spec.name
@@ -423,14 +456,7 @@ def run(cfg: Mapping[str, Any]) -> list[Path]:
             log.info("%s: extracted earlier and archive removed (keep_archives=false)", spec.name)
             done.append(path)
             continue
-        path = ensure_file(
-            str(cfg["base_url"]),
-            root,
-            spec,
-            retries=int(cfg.get("retries", 3)),
-            timeout=float(cfg.get("timeout", 60)),
-            backoff=float(cfg.get("backoff", 1.0)),
-        )
+        path = ensure_file(root=root, spec=spec, **options)
         if cfg.get("extract", True):
             extract(path, root)
             if not cfg.get("keep_archives", True):

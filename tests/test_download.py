@@ -489,3 +489,27 @@ def test_cut_without_content_length_keeps_the_part(tmp_path, archives):
 
 def test_no_dead_default_url():
     assert not hasattr(download, "DEFAULT_BASE_URL")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"retries": -1}, "retries must be a whole number >= 0, got -1"),
+        ({"retries": "abc"}, "retries must be a whole number >= 0, got 'abc'"),
+        ({"timeout": 0}, "timeout=0: give seconds > 0"),
+        ({"backoff": -1}, "backoff=-1: give seconds >= 0"),
+        ({"base_url": "notaurl"}, "base_url='notaurl': give an http(s):// or file:// URL"),
+        ({"files": ["x.zip"]}, "files= is a table {NAME: {path, md5, size}}, not a list"),
+    ],
+)
+def test_bad_options_are_one_line_usage_errors_before_any_fetch(tmp_path, override, message):
+    cfg = {
+        "data": {"root": str(tmp_path / "coco")},
+        "base_url": "http://127.0.0.1:1",  # never contacted
+        "splits": ["annotations"],
+        **override,
+    }
+    with pytest.raises(UsageError) as e:
+        download.run(cfg)
+    assert str(e.value).startswith(message)
+    assert not (tmp_path / "coco").exists()
