@@ -52,3 +52,10 @@ def whole_number(
     if not ok:
         raise UsageError(f"{name} must be a whole number >= {minimum}, got {value!r}")
     return number
+
+
+def as_list(value: Any) -> list[Any]:
+    """A config list; a bare value (``splits=val2017``) is a list of one, not of its letters."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, str | int | float) else list(value)

@@ -46,7 +46,7 @@ from typing import Any, BinaryIO
 
 from tqdm import tqdm
 
-from datasets.config import whole_number
+from datasets.config import as_list, whole_number
 from datasets.errors import UsageError, UserError, user_errors
 from datasets.files import write_json
 
@@ -444,11 +444,11 @@ def run(cfg: Mapping[str, Any]) -> list[Path]:
     files = cfg.get("files")
     if files is not None and not isinstance(files, Mapping):
         raise UsageError("files= is a table {NAME: {path, md5, size}}, not a list; or give splits=")
+    specs = resolve_files(as_list(cfg["splits"]), files)
     root = Path(str(cfg["data"]["root"])).expanduser()
     if not root.is_absolute():
         root = Path.cwd() / root
     root.mkdir(parents=True, exist_ok=True)
-    specs = resolve_files(list(cfg["splits"]), files)
     done = []
     for spec in specs:
         path = root / spec.name

@@ -39,6 +39,7 @@ from datasets.cocofile import (
     load_keypoint_file,
     read_json,
 )
+from datasets.config import as_list
 from datasets.errors import UserError
 from datasets.files import resolve_path, write_json
 from datasets.neck import add_neck, adds_neck
@@ -177,7 +178,7 @@ def run(cfg: Mapping[str, Any]) -> list[tuple[Path, Summary]]:
     ann_dir = resolve_path(cfg["annotations_dir"])
     images_root = resolve_path(cfg.get("images_root")) if cfg.get("check_images", True) else None
     results = []
-    for split in cfg["splits"]:
+    for split in as_list(cfg["splits"]):
         src = ann_dir / str(cfg["input"]).format(split=split)
         dst = ann_dir / str(cfg["output"]).format(split=split)
         if not src.is_file():

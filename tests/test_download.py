@@ -500,6 +500,7 @@ def test_no_dead_default_url():
         ({"backoff": -1}, "backoff=-1: give seconds >= 0"),
         ({"base_url": "notaurl"}, "base_url='notaurl': give an http(s):// or file:// URL"),
         ({"files": ["x.zip"]}, "files= is a table {NAME: {path, md5, size}}, not a list"),
+        ({"splits": "bogus"}, "unknown split or file 'bogus'"),  # one bare split, not b, o, g...
     ],
 )
 def test_bad_options_are_one_line_usage_errors_before_any_fetch(tmp_path, override, message):
