@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from datasets.config import as_plain
+from datasets.errors import UserError
 from datasets.topology import Topology, topology_from_config
 from models.checkpoint import load_checkpoint
 
@@ -30,6 +31,12 @@ def build_model(model_cfg: Mapping[str, Any], topology: Topology) -> nn.Module:
         raise ValueError(f"model config needs a _target_; got keys {sorted(model_cfg)}")
     # the config's _target_ is the registry; called directly (not hydra's instantiate) so the
     # constructor's own errors reach the user unwrapped
+    if topology.num_edges == 0:  # a PAF head of 0 channels cannot be built or trained
+        raise UserError(
+            f"topology {topology.name!r} has no edges ({topology.num_parts} keypoint(s)): a "
+            "part-affinity-field network needs at least one edge between two keypoints; give "
+            "the category a skeleton (or topology.connect=auto with 2 or more keypoints)"
+        )
     kwargs = {k: v for k, v in model_cfg.items() if not k.startswith("_")}
     model = get_object(model_cfg["_target_"])(
         num_parts=topology.num_parts, num_paf_channels=topology.num_paf_channels, **kwargs

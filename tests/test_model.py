@@ -13,6 +13,7 @@ import torch
 import torchvision
 import yaml
 
+from datasets.errors import UserError
 from datasets.topology import Topology
 from models.backbones import imagenet_weights_url
 from models.build import build_from_checkpoint, build_model, count_macs, count_parameters
@@ -76,6 +77,17 @@ def test_outputs_are_linear_and_normalisation_is_inside(resnet18):
 def test_bad_stride_is_a_clear_error():
     with pytest.raises(ValueError, match="stride must be 32 / 2"):
         build_model(model_cfg("tiny", stride=3), TOPO)
+
+
+def test_a_topology_without_edges_is_refused_with_the_fix():
+    # a single-keypoint category passes topology=auto (one piece) and decodes, but a network
+    # needs at least one PAF: refused in one line instead of torch's conv error at the first step
+    for topo in (
+        Topology(name="dot", labels=("a",), edges=()),
+        Topology(name="two", labels=("a", "b"), edges=()),
+    ):
+        with pytest.raises(UserError, match=f"topology '{topo.name}' has no edges .* skeleton"):
+            build_model(model_cfg("tiny"), topo)
 
 
 @pytest.mark.parametrize("name", ["resnet50_baseline_att", "densenet121_baseline_att"])
