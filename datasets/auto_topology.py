@@ -165,7 +165,9 @@ def _connected(topo: Topology, connect: Any, measured: Callable[[], np.ndarray] 
     if mode not in ("none", "null", *CONNECT):
         raise UsageError(f"topology.connect={connect!r}: use null, auto or redundant")
     pieces = components(topo.num_parts, topo.edges)
-    joined = len(pieces) == 1 and topo.num_edges > 0
+    # one keypoint is one piece without edges (it decodes; a network for it is refused by
+    # models.build_model, which needs a PAF)
+    joined = len(pieces) == 1 and (topo.num_edges > 0 or topo.num_parts == 1)
     if joined and mode != "redundant":
         return topo
     if measured is None or (not joined and mode not in CONNECT):

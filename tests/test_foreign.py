@@ -101,6 +101,27 @@ def test_skeletons_in_pieces_are_refused_or_joined(tmp_path, caplog):
     assert resolve_topology(AUTO, horse).num_edges == 21  # a spanning tree of 22 keypoints
 
 
+def test_one_keypoint_is_one_piece_and_decodes(tmp_path):
+    """A single-keypoint category (a ball, a tool tip) needs no edges: topology=auto takes it
+    as it is and the oracle decodes every peak as an object; a network for it is refused by
+    models.build_model (tests/test_model.py), which needs a PAF."""
+    kp = [[100.0 + 150 * i, 120.0, 2] for i in range(3)]
+    data = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 640, "height": 480}],
+        "annotations": [
+            {"id": i + 1, "image_id": 1, "category_id": 1, "keypoints": k, "num_keypoints": 1,
+             "iscrowd": 0, "bbox": [k[0] - 20, k[1] - 20, 40, 40], "area": 1600.0}
+            for i, k in enumerate(kp)
+        ],
+        "categories": [{"id": 1, "name": "ball", "keypoints": ["centre"], "skeleton": []}],
+    }  # fmt: skip
+    path = tmp_path / "ball.json"
+    path.write_text(json.dumps(data))
+    assert resolve_topology({"name": "auto"}, load_keypoint_file(path)).num_edges == 0
+    out = eval_run(oracle_cfg(path, tmp_path / "out", topology={"name": "auto"}))
+    assert out["stats"]["AP"] == pytest.approx(1.0)
+
+
 def test_connect_redundant_and_bad_values(tmp_path):
     kfile = load_keypoint_file(write(tmp_path, "zebra"))
     plain = resolve_topology(AUTO, kfile)
