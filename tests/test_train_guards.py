@@ -53,6 +53,19 @@ def test_overrides_that_cannot_train_are_refused_at_startup(tmp_path, override, 
     assert not (tmp_path / "r" / "last.pth").exists()
 
 
+@pytest.mark.parametrize(
+    ("lr", "message"),
+    [(-1.0, "optimizer torch.optim.Adam: Invalid learning rate: -1.0: fix the optimizer.*"),
+     ("abc", "optimizer torch.optim.Adam: '<=' not supported")],
+)  # fmt: skip
+def test_values_the_optimizer_refuses_are_usage_errors(tmp_path, lr, message):
+    cfg = tiny_cfg(tmp_path / "r")
+    cfg["optimizer"]["lr"] = lr
+    with pytest.raises(UsageError) as e:
+        run(cfg, train_set=TinyPoseSet(4))
+    assert str(e.value).startswith(message.replace(".*", "")) and "\n" not in str(e.value)
+
+
 def test_bad_override_on_the_command_line_is_one_line_exit_2(tmp_path):
     data = write_coco_set(tmp_path / "coco", n_train=2, n_val=1)
     proc = subprocess.run(

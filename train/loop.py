@@ -121,12 +121,21 @@ def build_optimizer(
     params: Iterable[nn.Parameter], cfg: Mapping[str, Any]
 ) -> torch.optim.Optimizer:
     """The optimizer of ``cfg.optimizer`` (conf/optimizer: a ``_target_`` with ``_partial_``)."""
-    return instantiate(cfg)(params)
+    return _configured("optimizer", cfg, params)
 
 
 def build_scheduler(opt: torch.optim.Optimizer, cfg: Mapping[str, Any]) -> Any:
     """The per-epoch LR schedule of ``cfg.scheduler`` (conf/scheduler, ``_partial_``)."""
-    return instantiate(cfg)(opt)
+    return _configured("scheduler", cfg, opt)
+
+
+def _configured(group: str, cfg: Mapping[str, Any], arg: Any) -> Any:
+    """``instantiate(cfg)(arg)``; torch's own check of a value (``Invalid learning rate: -1``,
+    a string where a number goes) becomes a one-line usage error naming the config group."""
+    try:
+        return instantiate(cfg)(arg)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"{group} {cfg.get('_target_')}: {e}: fix the {group}.* override") from e
 
 
 # --------------------------------------------------------------------------- data
