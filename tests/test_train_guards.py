@@ -55,7 +55,7 @@ def test_overrides_that_cannot_train_are_refused_at_startup(tmp_path, override, 
 
 @pytest.mark.parametrize(
     ("lr", "message"),
-    [(-1.0, "optimizer torch.optim.Adam: Invalid learning rate: -1.0: fix the optimizer.*"),
+    [(-1.0, "optimizer torch.optim.Adam: Invalid learning rate: -1.0: fix the optimizer.* override"),
      ("abc", "optimizer torch.optim.Adam: '<=' not supported")],
 )  # fmt: skip
 def test_values_the_optimizer_refuses_are_usage_errors(tmp_path, lr, message):
@@ -63,7 +63,7 @@ def test_values_the_optimizer_refuses_are_usage_errors(tmp_path, lr, message):
     cfg["optimizer"]["lr"] = lr
     with pytest.raises(UsageError) as e:
         run(cfg, train_set=TinyPoseSet(4))
-    assert str(e.value).startswith(message.replace(".*", "")) and "\n" not in str(e.value)
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
 
 
 def test_bad_override_on_the_command_line_is_one_line_exit_2(tmp_path):
