@@ -54,15 +54,17 @@ class AugmentConfig:
         scale = cfg.get("scale", (1.0, 1.0))
         if isinstance(scale, (int, float)):  # a single number s means [1 - s, 1 + s]
             scale = (1.0 - float(scale), 1.0 + float(scale))
+        if isinstance(scale, str) or len(scale) != 2:
+            raise ValueError(f"augment.scale must be [min, max] or one number, got {scale!r}")
         out = cls(
-            rotate=float(cfg.get("rotate", 0.0)),
-            scale=(float(scale[0]), float(scale[1])),
-            translate=float(cfg.get("translate", 0.0)),
-            flip=float(cfg.get("flip", 0.0)),
-            brightness=float(color.get("brightness", cfg.get("brightness", 0.0))),
-            contrast=float(color.get("contrast", cfg.get("contrast", 0.0))),
-            saturation=float(color.get("saturation", cfg.get("saturation", 0.0))),
-            hue=float(color.get("hue", cfg.get("hue", 0.0))),
+            rotate=_number(cfg.get("rotate", 0.0), "rotate"),
+            scale=(_number(scale[0], "scale"), _number(scale[1], "scale")),
+            translate=_number(cfg.get("translate", 0.0), "translate"),
+            flip=_number(cfg.get("flip", 0.0), "flip"),
+            **{
+                k: _number(color.get(k, cfg.get(k, 0.0)), f"color.{k}")
+                for k in ("brightness", "contrast", "saturation", "hue")
+            },
         )
         if not 0 < out.scale[0] <= out.scale[1]:
             raise ValueError(f"augment.scale must be 0 < min <= max, got {list(out.scale)}")
@@ -73,6 +75,13 @@ class AugmentConfig:
     @property
     def has_color(self) -> bool:
         return any((self.brightness, self.contrast, self.saturation, self.hue))
+
+
+def _number(value: Any, name: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"augment.{name} must be a number, got {value!r}") from None
 
 
 def sample_affine(

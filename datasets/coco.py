@@ -362,23 +362,43 @@ def build_dataset(
     if data.get("synthetic") is not None:
         ensure(data)
     train = split == "train"
+    augment, aspect, max_upsample = _data_options(data, train)
     return CocoKeypoints(
         annotations=resolve_path(data[f"{split}_annotations"]),
         images=resolve_path(data[f"{split}_images"]),
         topology=topology,
         input_size=tuple(data.get("input_size", (224, 224))),
         targets=targets,
-        augment=AugmentConfig.from_config(data.get("augment")) if train else None,
-        aspect=str(data.get("aspect", "squash")),
+        augment=augment,
+        aspect=aspect,
         render_targets=not bool(data.get("targets_on_device", False)),
         # validation keeps images without people (their false positives count), as inference.eval
         skip_empty=bool(
             data.get("skip_empty", True) if train else data.get("val_skip_empty", False)
         ),
-        max_upsample=float(data.get("max_upsample", 1.0)),
+        max_upsample=max_upsample,
         max_pixels=data.get("max_pixels", MAX_PIXELS),
         **_file_options(cfg, data),
     )
+
+
+def _data_options(data: Mapping[str, Any], train: bool) -> tuple[Any, str, float]:
+    """The data node's augment (training only), aspect and max_upsample, checked: a bad value
+    is a one-line usage error naming the ``data.*`` override."""
+    try:
+        augment = AugmentConfig.from_config(data.get("augment")) if train else None
+    except ValueError as e:
+        raise UsageError(f"data.{e}") from None
+    aspect = str(data.get("aspect", "squash"))
+    if aspect not in ASPECT_POLICIES:
+        raise UsageError(f"data.aspect must be one of {list(ASPECT_POLICIES)}, got {aspect!r}")
+    try:
+        max_upsample = float(data.get("max_upsample", 1.0))
+    except (TypeError, ValueError):
+        max_upsample = math.nan
+    if not max_upsample > 0:
+        raise UsageError(f"data.max_upsample must be a number > 0, got {data['max_upsample']!r}")
+    return augment, aspect, max_upsample
 
 
 def training_topology(cfg: Mapping[str, Any]) -> Topology:

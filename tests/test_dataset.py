@@ -13,7 +13,7 @@ import torch
 
 from datasets.augment import AugmentConfig, color_matrix, sample_affine
 from datasets.coco import CocoKeypoints, build_dataset, collate
-from datasets.errors import UserError
+from datasets.errors import UsageError, UserError
 from datasets.geometry import apply, fit_matrix
 from datasets.targets import TargetConfig, ignore_mask
 from datasets.topology import Topology
@@ -237,6 +237,24 @@ def test_sample_affine_composes_one_matrix():
     np.testing.assert_allclose(apply(m, [0.0, 0.0]), [50.0, 0.0])  # left edge -> right edge
     with pytest.raises(ValueError, match="augment.scale"):
         AugmentConfig.from_config({"scale": [1.2, 0.8]})
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"augment": {"rotate": "abc"}}, "data.augment.rotate must be a number, got 'abc'"),
+        ({"augment": {"color": {"hue": None}}}, "data.augment.color.hue must be a number"),
+        ({"augment": {"flip": 2}}, "data.augment.flip is a probability in [0, 1], got 2.0"),
+        ({"augment": {"scale": "abc"}}, "data.augment.scale must be [min, max] or one number"),
+        ({"aspect": "bogus"}, "data.aspect must be one of ['squash', 'letterbox'], got 'bogus'"),
+        ({"max_upsample": "abc"}, "data.max_upsample must be a number > 0, got 'abc'"),
+    ],
+)
+def test_bad_data_options_are_usage_errors_before_the_files_are_read(data, message):
+    node = {"train_annotations": "/nonexistent.json", "train_images": "/nonexistent", **data}
+    with pytest.raises(UsageError) as e:
+        build_dataset({"data": node, "targets": {}}, "train", Topology.named("coco18"))
+    assert str(e.value).startswith(message)
 
 
 # --------------------------------------------------------------------------- masks
