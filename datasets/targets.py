@@ -44,6 +44,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from datasets.errors import UsageError
 from datasets.topology import Topology
 
 
@@ -56,6 +57,25 @@ class TargetConfig:
     paf_width: float = 1.0  # half-width of the PAF band around a limb, map pixels
     truncate: float = 4.0  # heatmap is zero beyond truncate * sigma along either axis
     min_visibility: int = 1  # draw keypoints with COCO v >= this
+
+    def __post_init__(self) -> None:
+        # a config's values, checked and typed once: one line naming the targets.* override
+        for name, kind, ok, what in (
+            ("stride", int, lambda v: v >= 1, "a whole number >= 1"),
+            ("sigma", float, lambda v: v > 0, "a number > 0 (map pixels)"),
+            ("paf_width", float, lambda v: v > 0, "a number > 0 (map pixels)"),
+            ("truncate", float, lambda v: v > 0, "a number > 0"),
+            ("min_visibility", int, lambda v: v in (1, 2), "1 or 2 (COCO's v)"),
+        ):
+            value = getattr(self, name)
+            try:
+                typed = kind(value)
+                good = not isinstance(value, bool) and ok(typed) and float(value) == typed
+            except (TypeError, ValueError):
+                good = False
+            if not good:
+                raise UsageError(f"targets.{name} must be {what}, got {value!r}")
+            object.__setattr__(self, name, typed)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None, **overrides: Any) -> TargetConfig:

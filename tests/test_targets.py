@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from datasets.errors import UsageError
 from datasets.targets import (
     TargetConfig,
     ignore_mask,
@@ -303,3 +304,21 @@ def test_mask_to_weights_area_average():
     mask[4:6, 4:8] = 1  # bottom-right map pixel half ignored
     w = mask_to_weights(mask, (2, 2))
     assert np.allclose(w, [[0.0, 1.0], [1.0, 0.5]])
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("sigma", -1, "targets.sigma must be a number > 0 (map pixels), got -1"),
+        ("sigma", "abc", "targets.sigma must be a number > 0 (map pixels), got 'abc'"),
+        ("paf_width", 0, "targets.paf_width must be a number > 0"),
+        ("stride", "abc", "targets.stride must be a whole number >= 1, got 'abc'"),
+        ("stride", 2.5, "targets.stride must be a whole number >= 1, got 2.5"),
+        ("min_visibility", 3, "targets.min_visibility must be 1 or 2"),
+    ],
+)
+def test_bad_target_settings_are_usage_errors(field, value, message):
+    with pytest.raises(UsageError) as e:
+        TargetConfig.from_config({field: value})
+    assert str(e.value).startswith(message)
+    assert TargetConfig.from_config({"stride": "8", "sigma": 2}).stride == 8  # typed once
