@@ -46,7 +46,6 @@ from datasets.cocofile import KeypointFile, load_keypoint_file
 from datasets.config import as_plain, whole_number
 from datasets.errors import UsageError, UserError, user_errors
 from datasets.files import resolve_path, write_json
-from datasets.geometry import ASPECT_POLICIES
 from datasets.images import MAX_PIXELS, ImageError, read_rgb
 from datasets.targets import TargetConfig
 from datasets.topology import Topology
@@ -61,7 +60,7 @@ from inference.cocoeval import (
     skeletons_to_coco,
 )
 from inference.decoder import OpenPoseDecoder, build_decoder
-from inference.oracle import decode_image, oracle_results
+from inference.oracle import decode_image, oracle_results, oracle_settings
 from inference.runtime import load_runtime
 from inference.stream import source_limits
 from inference.tta import TTAConfig, with_tta
@@ -185,15 +184,7 @@ def _setup(cfg: Mapping[str, Any], model_path: Path | None, kfile: KeypointFile)
 
 def _oracle_setup(cfg: Mapping[str, Any], kfile: KeypointFile) -> Setup:
     """Oracle mode's settings from the config, checked: one line per mistake."""
-    input_hw, aspect = _size(cfg.get("input_size")), str(cfg.get("aspect") or "squash")
-    targets = TargetConfig.from_config(cfg.get("targets"))
-    if input_hw[0] % targets.stride or input_hw[1] % targets.stride:
-        raise UsageError(
-            f"input_size {list(input_hw)} must be a multiple of the maps' stride "
-            f"{targets.stride} (e.g. 224 or [480,640])"
-        )
-    if aspect not in ASPECT_POLICIES:
-        raise UsageError(f"aspect must be one of {list(ASPECT_POLICIES)}, got {aspect!r}")
+    input_hw, aspect, targets = oracle_settings(cfg)
     for name in ("noise", "blur"):
         if not float(cfg.get(name) or 0.0) >= 0:
             raise UsageError(f"{name} must be >= 0 (0: none), got {cfg.get(name)!r}")
@@ -293,18 +284,6 @@ def model_results(
 def _has_people(coco_gt: Any, image_id: int, category: Mapping[str, Any]) -> bool:
     anns = coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=[image_id], catIds=[category["id"]]))
     return any(a.get("num_keypoints", 0) > 0 and not a.get("iscrowd", 0) for a in anns)
-
-
-def _size(value: Any) -> tuple[int, int]:
-    """``224`` or ``[H, W]`` -> (H, W)."""
-    if value is None:
-        raise UsageError("oracle mode needs input_size=N or input_size=[H,W] (or model=PATH)")
-    vals = [value] * 2 if isinstance(value, int | float | str) else list(value)
-    if len(vals) == 1:
-        vals = vals * 2
-    if len(vals) != 2 or not all(int(v) > 0 for v in vals):
-        raise UsageError(f"input_size must be N or [H, W] with positive sizes, got {value!r}")
-    return int(vals[0]), int(vals[1])
 
 
 def _images_dir(images: Any, annotations: Path) -> Path:

@@ -18,7 +18,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from datasets.geometry import apply, fit_matrix, invert
+from datasets.errors import UsageError
+from datasets.geometry import ASPECT_POLICIES, apply, fit_matrix, invert
 from datasets.targets import TargetConfig, render_targets
 from datasets.topology import Topology
 from inference.cocoeval import gt_keypoints, skeletons_to_coco
@@ -165,3 +166,35 @@ def oracle_results(
         skeletons = decode_image(decoder, s.heatmap, s.paf, s.orig_hw, s.matrix, input_hw, aspect)
         results += skeletons_to_coco(skeletons, s.image_id, topology, category)
     return results
+
+
+def oracle_settings(cfg: Mapping[str, Any]) -> tuple[tuple[int, int], str, TargetConfig]:
+    """(input [H, W], aspect, targets) of oracle mode (eval, visualize) from a command's config,
+    checked: one-line usage errors naming the override."""
+    input_hw, aspect = input_size(cfg.get("input_size")), str(cfg.get("aspect") or "squash")
+    targets = TargetConfig.from_config(cfg.get("targets"))
+    if input_hw[0] % targets.stride or input_hw[1] % targets.stride:
+        raise UsageError(
+            f"input_size {list(input_hw)} must be a multiple of the maps' stride "
+            f"{targets.stride} (e.g. 224 or [480,640])"
+        )
+    if aspect not in ASPECT_POLICIES:
+        raise UsageError(f"aspect must be one of {list(ASPECT_POLICIES)}, got {aspect!r}")
+    return input_hw, aspect, targets
+
+
+def input_size(value: Any) -> tuple[int, int]:
+    """``224`` or ``[H, W]`` -> (H, W)."""
+    if value is None:
+        raise UsageError("oracle mode needs input_size=N or input_size=[H,W] (or model=PATH)")
+    vals = [value] * 2 if isinstance(value, int | float | str) else list(value)
+    if len(vals) == 1:
+        vals = vals * 2
+    try:
+        hw = tuple(int(v) for v in vals)
+        ok = len(hw) == 2 and all(v > 0 and v == float(f) for v, f in zip(hw, vals, strict=True))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise UsageError(f"input_size must be N or [H, W] with positive sizes, got {value!r}")
+    return hw[0], hw[1]

@@ -32,7 +32,6 @@ from datasets.config import as_plain, whole_number
 from datasets.errors import UsageError, UserError, user_errors
 from datasets.files import resolve_path
 from datasets.images import read_rgb
-from datasets.targets import TargetConfig
 from datasets.topology import Topology
 from inference.cli import (
     alias_model_argument,
@@ -56,6 +55,7 @@ from inference.draw import (
     titled,
     write_rgb,
 )
+from inference.oracle import oracle_settings
 from inference.runtime import load_runtime, maxpool_nchw
 
 log = logging.getLogger("inference.visualize")
@@ -104,14 +104,15 @@ def _oracle_topology(cfg: Mapping[str, Any]) -> Topology:
 
 def maps_from_ground_truth(image: str, cfg: Mapping[str, Any], topology: Topology) -> Maps:
     """Targets rendered from the COCO annotations of ``image`` (a file name or an image id)."""
+    input_hw, aspect, targets = oracle_settings({"input_size": (224, 224), **cfg})
     ds = CocoKeypoints(
         annotations=resolve_path(cfg["annotations"]),
         images=resolve_path(cfg["images"]),
         topology=topology,
-        input_size=tuple(cfg.get("input_size", (224, 224))),
-        targets=TargetConfig.from_config(cfg.get("targets")),
+        input_size=input_hw,
+        targets=targets,
         augment=None,
-        aspect=str(cfg.get("aspect", "squash")),
+        aspect=aspect,
         category=cfg.get("category"),
         strict=bool(cfg.get("strict", True)),
         keypoint_map=(cfg.get("topology") or {}).get("keypoint_map"),

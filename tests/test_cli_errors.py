@@ -75,6 +75,8 @@ BAD_OVERRIDES = {  # eval's oracle-mode, decoder and TTA overrides (no model nee
     "noise=-1": "error: noise must be >= 0 (0: none), got -1",
     "max_images=-3": "error: max_images must be a whole number >= 1, got -3",
     "seed=abc": "error: seed must be a whole number >= 0, got 'abc'",
+    "input_size=abc": "error: input_size must be N or [H, W] with positive sizes, got 'abc'",
+    "targets.sigma=-1": "error: targets.sigma must be a number > 0 (map pixels), got -1",
 }
 
 
@@ -88,6 +90,25 @@ def test_bad_decoder_and_tta_overrides_one_line(tmp_path, override):
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith(BAD_OVERRIDES[override]), proc.stderr
+
+
+@pytest.mark.parametrize("override", ["input_size=[102,102]", "aspect=bogus"])
+def test_visualize_oracle_settings_are_checked(tmp_path, override):
+    """visualize oracle=true takes the same checked settings as eval's oracle mode."""
+    if not COCO_MINI_VAL.is_file():
+        pytest.skip(f"coco-mini not found at {COCO_MINI_VAL}")
+    images = COCO_MINI_VAL.parents[1] / "val2017"
+    args = [
+        "inference.visualize",
+        "oracle=true",
+        f"annotations={COCO_MINI_VAL}",
+        f"images={images}",
+    ]
+    proc = _run(tmp_path, *args, "image=000000192699.jpg", override, f"output={tmp_path / 'o'}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    expected = BAD_OVERRIDES.get(override) or "error: input_size [102, 102] must be a multiple"
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(expected), proc.stderr
 
 
 def test_decoder_overrides_on_the_command_line(tmp_path):
