@@ -47,7 +47,7 @@ def whole_number(
     try:
         number = int(value)
         ok = not isinstance(value, bool) and number >= minimum and float(value) == number
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # (int of inf overflows)
         ok = False
     if not ok:
         raise UsageError(f"{name} must be a whole number >= {minimum}, got {value!r}")

@@ -71,7 +71,7 @@ class TargetConfig:
             try:
                 typed = kind(value)
                 good = not isinstance(value, bool) and ok(typed) and float(value) == typed
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):  # (int of inf overflows)
                 good = False
             if not good:
                 raise UsageError(f"targets.{name} must be {what}, got {value!r}")

@@ -49,11 +49,7 @@ from datasets.files import resolve_path, write_json
 from datasets.images import MAX_PIXELS, ImageError, read_rgb
 from datasets.targets import TargetConfig
 from datasets.topology import Topology
-from inference.cli import (
-    alias_model_argument,
-    default_output_to_run_dir,
-    output_dir,
-)
+from inference.cli import alias_model_argument, default_output_to_run_dir, output_dir
 from inference.cocoeval import (
     evaluate,
     ground_truth,
@@ -186,7 +182,11 @@ def _oracle_setup(cfg: Mapping[str, Any], kfile: KeypointFile) -> Setup:
     """Oracle mode's settings from the config, checked: one line per mistake."""
     input_hw, aspect, targets = oracle_settings(cfg)
     for name in ("noise", "blur"):
-        if not float(cfg.get(name) or 0.0) >= 0:
+        try:
+            ok = float(cfg.get(name) or 0.0) >= 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
             raise UsageError(f"{name} must be >= 0 (0: none), got {cfg.get(name)!r}")
     return Setup(resolve_topology(cfg["topology"], kfile), input_hw, aspect, targets, {})
 

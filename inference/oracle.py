@@ -193,7 +193,7 @@ def input_size(value: Any) -> tuple[int, int]:
     try:
         hw = tuple(int(v) for v in vals)
         ok = len(hw) == 2 and all(v > 0 and v == float(f) for v, f in zip(hw, vals, strict=True))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # (int of inf overflows)
         ok = False
     if not ok:
         raise UsageError(f"input_size must be N or [H, W] with positive sizes, got {value!r}")

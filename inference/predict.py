@@ -37,11 +37,7 @@ from tqdm import tqdm
 from datasets.config import as_plain, whole_number
 from datasets.errors import UsageError, user_errors
 from datasets.files import resolve_path, write_json
-from inference.cli import (
-    alias_model_argument,
-    default_output_to_run_dir,
-    output_dir,
-)
+from inference.cli import alias_model_argument, default_output_to_run_dir, output_dir
 from inference.runtime import load_runtime
 from inference.stream import (
     STAGES,

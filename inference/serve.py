@@ -53,11 +53,7 @@ from omegaconf import DictConfig
 from datasets.config import as_plain, whole_number
 from datasets.errors import UsageError, UserError, user_errors
 from datasets.files import resolve_path
-from inference.cli import (
-    alias_model_argument,
-    default_output_to_run_dir,
-    output_dir,
-)
+from inference.cli import alias_model_argument, default_output_to_run_dir, output_dir
 from inference.draw import draw_skeletons, limb_colors, maps_overlay, part_colors
 from inference.runtime import load_runtime
 from inference.stream import (

@@ -33,11 +33,7 @@ from datasets.errors import UsageError, UserError, user_errors
 from datasets.files import resolve_path
 from datasets.images import read_rgb
 from datasets.topology import Topology
-from inference.cli import (
-    alias_model_argument,
-    default_output_to_run_dir,
-    output_dir,
-)
+from inference.cli import alias_model_argument, default_output_to_run_dir, output_dir
 from inference.decoder import build_decoder
 from inference.draw import (
     colorize_maps,

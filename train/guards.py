@@ -39,7 +39,7 @@ def _int(cfg: Mapping[str, Any], key: str, minimum: int, optional: bool = False)
         return
     try:
         ok = int(value) == float(value) and int(value) >= minimum
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # (int of inf overflows)
         ok = False
     if not ok:
         also = " or null" if optional else ""
@@ -73,7 +73,7 @@ def validate_config(cfg: Mapping[str, Any], stride: int) -> None:
         ok = len(hw) == 2 and all(
             v > 0 and v % stride == 0 and v == float(f) for v, f in zip(hw, size, strict=True)
         )
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # (int of inf overflows)
         ok = False
     if not ok:
         raise UsageError(

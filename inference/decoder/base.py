@@ -311,7 +311,7 @@ def _number(params: Mapping[str, Any], name: str, kind: type) -> Any:
     value = params[name]
     try:
         number = kind(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # (int of inf overflows)
         number = None
     if number is None or isinstance(value, bool) or (kind is int and float(value) != number):
         raise ValueError(f"decoder parameter {name} must be {kind.__name__}, got {value!r}")
