@@ -256,11 +256,13 @@ def _step4_edge_scores(paf, xy, edge, a, b, edges_paf, steps, thr, counter, exac
     frac = np.empty(steps)  # where the samples lie on every segment
     for s in range(steps):
         frac[s] = (s + 0.5) / steps
+    px, py = np.empty(xy.shape[0]), np.empty(xy.shape[0])  # each peak clipped to the map once
+    for i in range(xy.shape[0]):
+        px[i] = min(max(xy[i, 0], 0.0), w - 1.0)
+        py[i] = min(max(xy[i, 1], 0.0), h - 1.0)
     for t in range(t_):
-        ax = min(max(xy[a[t], 0], 0.0), w - 1.0)
-        ay = min(max(xy[a[t], 1], 0.0), h - 1.0)
-        dx = min(max(xy[b[t], 0], 0.0), w - 1.0) - ax
-        dy = min(max(xy[b[t], 1], 0.0), h - 1.0) - ay
+        ax, ay = px[a[t]], py[a[t]]
+        dx, dy = px[b[t]] - ax, py[b[t]] - ay
         length = math.sqrt(dx * dx + dy * dy)
         safe = length if length > 0 else 1.0
         ux, uy = dx / safe, dy / safe
