@@ -54,6 +54,7 @@ from datasets.cocofile import (
     keypoints_array,
     load_keypoint_file,
 )
+from datasets.config import real_number
 from datasets.errors import UsageError, UserError
 from datasets.files import resolve_path
 from datasets.geometry import (
@@ -392,12 +393,7 @@ def _data_options(data: Mapping[str, Any], train: bool) -> tuple[Any, str, float
     aspect = str(data.get("aspect", "squash"))
     if aspect not in ASPECT_POLICIES:
         raise UsageError(f"data.aspect must be one of {list(ASPECT_POLICIES)}, got {aspect!r}")
-    try:
-        max_upsample = float(data.get("max_upsample", 1.0))
-    except (TypeError, ValueError):
-        max_upsample = math.nan
-    if not max_upsample > 0:
-        raise UsageError(f"data.max_upsample must be a number > 0, got {data['max_upsample']!r}")
+    max_upsample = real_number(data.get("max_upsample", 1.0), "data.max_upsample", strict=True)
     return augment, aspect, max_upsample
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -51,6 +52,20 @@ def whole_number(
         ok = False
     if not ok:
         raise UsageError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+    return number
+
+
+def real_number(value: Any, name: str, strict: bool = False, hint: str = "") -> float:
+    """``value`` as a float >= 0 (> 0 with ``strict``), else a UsageError that calls it
+    ``name`` (``hint``: what the unit or 0 means, e.g. " (seconds)")."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (number > 0 if strict else number >= 0):
+        raise UsageError(
+            f"{name} must be a number {'>' if strict else '>='} 0{hint}, got {value!r}"
+        )
     return number
 
 

@@ -30,7 +30,6 @@ import hashlib
 import http.client
 import json
 import logging
-import math
 import os
 import shutil
 import stat
@@ -46,7 +45,7 @@ from typing import Any, BinaryIO
 
 from tqdm import tqdm
 
-from datasets.config import as_list, whole_number
+from datasets.config import as_list, real_number, whole_number
 from datasets.errors import UsageError, UserError, user_errors
 from datasets.files import write_json
 
@@ -422,20 +421,9 @@ def download_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "base_url": base_url,
         "retries": whole_number(cfg, "retries", 3, minimum=0),
-        "timeout": _seconds(cfg, "timeout", 60.0, zero_ok=False),
-        "backoff": _seconds(cfg, "backoff", 1.0, zero_ok=True),
+        "timeout": real_number(cfg.get("timeout", 60.0), "timeout", strict=True, hint=" (seconds)"),
+        "backoff": real_number(cfg.get("backoff", 1.0), "backoff", hint=" (seconds)"),
     }
-
-
-def _seconds(cfg: Mapping[str, Any], key: str, default: float, zero_ok: bool) -> float:
-    value = cfg.get(key, default)
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        seconds = math.nan
-    if not (seconds >= 0 if zero_ok else seconds > 0):
-        raise UsageError(f"{key}={value!r}: give seconds {'>= 0' if zero_ok else '> 0'}")
-    return seconds
 
 
 def run(cfg: Mapping[str, Any]) -> list[Path]:

@@ -21,7 +21,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from datasets.config import as_plain, whole_number
+from datasets.config import as_plain, real_number, whole_number
 from datasets.errors import UsageError, user_errors
 from datasets.files import atomic_path, resolve_path, write_json
 from export.onnx import (
@@ -101,12 +101,7 @@ def export_options(cfg: Mapping[str, Any]) -> tuple[int, int, float]:
     if opset < MIN_OPSET:  # below 9 the weights are listed as graph inputs: not Isaac's names
         raise UsageError(f"opset must be >= {MIN_OPSET} (default 17), got {opset}")
     count = whole_number(parity, "count", 4, name="parity.count")
-    try:
-        atol = float(parity.get("atol", 1e-4))
-    except (TypeError, ValueError):
-        atol = -1.0
-    if not atol >= 0:
-        raise UsageError(f"parity.atol must be a number >= 0, got {parity.get('atol')!r}")
+    atol = real_number(parity.get("atol", 1e-4), "parity.atol")
     whole_number(cfg.get("quantize") or {}, "count", 32, name="quantize.count")
     return opset, count, atol
 

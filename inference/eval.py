@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from datasets.auto_topology import resolve_topology
 from datasets.cocofile import KeypointFile, load_keypoint_file
-from datasets.config import as_plain, whole_number
+from datasets.config import as_plain, real_number, whole_number
 from datasets.errors import UsageError, UserError, user_errors
 from datasets.files import resolve_path, write_json
 from datasets.images import MAX_PIXELS, ImageError, read_rgb
@@ -182,12 +182,7 @@ def _oracle_setup(cfg: Mapping[str, Any], kfile: KeypointFile) -> Setup:
     """Oracle mode's settings from the config, checked: one line per mistake."""
     input_hw, aspect, targets = oracle_settings(cfg)
     for name in ("noise", "blur"):
-        try:
-            ok = float(cfg.get(name) or 0.0) >= 0
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise UsageError(f"{name} must be >= 0 (0: none), got {cfg.get(name)!r}")
+        real_number(cfg.get(name) or 0.0, name, hint=" (0: none)")
     return Setup(resolve_topology(cfg["topology"], kfile), input_hw, aspect, targets, {})
 
 

@@ -72,7 +72,7 @@ BAD_OVERRIDES = {  # eval's oracle-mode, decoder and TTA overrides (no model nee
     "tta.scales=[0]": "error: tta.scales must be numbers in [0.1, 4]",
     "input_size=[102,102]": "error: input_size [102, 102] must be a multiple of the maps' stride 4",
     "aspect=bogus": "error: aspect must be one of ['squash', 'letterbox'], got 'bogus'",
-    "noise=-1": "error: noise must be >= 0 (0: none), got -1",
+    "noise=-1": "error: noise must be a number >= 0 (0: none), got -1",
     "max_images=-3": "error: max_images must be a whole number >= 1, got -3",
     "seed=abc": "error: seed must be a whole number >= 0, got 'abc'",
     "input_size=abc": "error: input_size must be N or [H, W] with positive sizes, got 'abc'",

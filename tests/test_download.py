@@ -496,8 +496,8 @@ def test_no_dead_default_url():
     [
         ({"retries": -1}, "retries must be a whole number >= 0, got -1"),
         ({"retries": "abc"}, "retries must be a whole number >= 0, got 'abc'"),
-        ({"timeout": 0}, "timeout=0: give seconds > 0"),
-        ({"backoff": -1}, "backoff=-1: give seconds >= 0"),
+        ({"timeout": 0}, "timeout must be a number > 0 (seconds), got 0"),
+        ({"backoff": -1}, "backoff must be a number >= 0 (seconds), got -1"),
         ({"base_url": "notaurl"}, "base_url='notaurl': give an http(s):// or file:// URL"),
         ({"files": ["x.zip"]}, "files= is a table {NAME: {path, md5, size}}, not a list"),
         ({"splits": "bogus"}, "unknown split or file 'bogus'"),  # one bare split, not b, o, g...
