@@ -334,6 +334,8 @@ class Pipeline:
         self.decoder = runtime.make_decoder(**overrides)
         self.decoder.warm_up()  # the compiled decoder loads now, not in the first frame's time
         self.tracker = tracker
+        if tracker is not None:
+            tracker.warm_up()  # likewise the compiled tracker
         self.keep_maps = keep_maps
         self.timer = Timer()
 

@@ -17,6 +17,7 @@ from datasets.synthetic_video import render_video, simulate_walks
 from datasets.targets import TargetConfig, render_targets
 from datasets.topology import Topology
 from inference import stream
+from inference.decoder.base import DecoderBase
 from inference.draw import maps_overlay
 from inference.predict import run
 from inference.runtime import Runtime, maxpool_nchw
@@ -32,6 +33,7 @@ from inference.stream import (
     run_stream,
     source_limits,
 )
+from inference.track import Tracker
 from models.contract import ModelInfo
 from tests.deploy_fixtures import random_image
 
@@ -99,6 +101,19 @@ def test_decoder_and_tracker_keep_ids_on_walking_figures(tmp_path):
         if view[t, g] and min(d) < 5:
             ids_of[g].add(p["track_id"])
     assert len(ids_of[0]) == 1 and len(ids_of[1]) == 1 and ids_of[0] != ids_of[1]
+
+
+def test_pipeline_warms_the_decoder_and_tracker_up(monkeypatch):
+    """Both compiled stages load before the first frame (a fresh checkout compiles the tracker
+    for ~14 s: that stalled a live stream's first frame and filled predict's track time)."""
+    calls = []
+    monkeypatch.setattr(DecoderBase, "warm_up", lambda self: calls.append("decoder"))
+    monkeypatch.setattr(Tracker, "warm_up", lambda self: calls.append("tracker"))
+    walks = simulate_walks(1, 2, size=(180, 320), seed=4)
+    runtime = WalksRuntime(ModelInfo(COCO18, input_size=(96, 160)), walks.keypoints)
+    Pipeline(runtime, tracker=make_tracker({}, _frames_source(1), COCO18))
+    Pipeline(runtime)
+    assert calls == ["decoder", "tracker", "decoder"]
 
 
 def test_tracking_defaults_follow_the_source():

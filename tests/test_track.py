@@ -357,3 +357,16 @@ def test_min_oks_must_be_positive():
     for bad in ({"max_age": -1}, {"max_age": 2.5}, {"min_cutoff": 0}, {"beta": -1.0}):
         with pytest.raises(UsageError, match=f"tracker.{next(iter(bad))}="):
             Tracker(SIGMAS, **bad)
+
+
+def test_warm_up_leaves_no_state():
+    """``warm_up`` (run by the pipeline before its first frame) loads the compiled kernels on a
+    scratch tracker: the tracker itself gives the same ids and keypoints as one never warmed."""
+    warm, cold = Tracker(SIGMAS, smooth=True), Tracker(SIGMAS, smooth=True)
+    warm.warm_up()
+    assert warm.next_id == 1 and warm.tracks == [] and warm.stats["frames"] == 0
+    frames = [[_figure(100 + 4 * t, 200), _figure(300 - 4 * t, 210)] for t in range(6)]
+    got, want = _replay(warm, frames), _replay(cold, frames)
+    assert got[0] == want[0] and got[0][0] == [1, 2]
+    for a, b in zip(got[1], want[1], strict=True):
+        np.testing.assert_array_equal(a, b)
