@@ -108,7 +108,7 @@ def _from_category(cfg: Mapping[str, Any], kfile: KeypointFile) -> Topology:
     try:
         topo = Topology.from_coco_category(kfile.category, flip_pairs=flip_pairs)
     except ValueError as e:
-        raise UserError(f"{kfile.path}: {e}: fix the category's skeleton") from None
+        raise UserError(f"{kfile.path}: {e}") from None  # (each message says its fix)
     topo = Topology.from_dict({**topo.to_dict(), "name": safe_name(topo.name)})
     if flip_pairs is None and topo.flip_pairs:
         log.info(

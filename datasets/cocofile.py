@@ -40,7 +40,7 @@ import numpy as np
 
 from datasets.errors import UserError
 from datasets.neck import add_neck, adds_neck
-from datasets.topology import Topology, canonical_name
+from datasets.topology import Topology, as_whole, canonical_name
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +49,17 @@ SHOW_IDS = 20  # ids listed per problem in messages
 PROBLEMS = {
     "missing_image_file": "images whose file is missing",
     "bad_image_record": "image records without an integer id, positive height/width or file_name",
+    "duplicate_image_id": "image records whose id an earlier record has",
     "unknown_image_id": "annotations of an image id not in 'images'",
+    "unknown_category_id": "annotations of a category_id that no category has",
     "bad_keypoint_length": "annotations with a keypoint array of the wrong length",
     "non_numeric_keypoints": "annotations with keypoint values that are not numbers",
     "nan_coordinates": "annotations with NaN or infinite keypoint values",
     "negative_coordinates": "annotations with negative keypoint coordinates",
     "bad_visibility": "annotations with a visibility flag outside {0, 1, 2}",
 }
+
+IMAGE_PROBLEMS = ("missing_image_file", "bad_image_record", "duplicate_image_id")  # of images
 
 
 class AnnotationError(UserError, ValueError):
@@ -94,7 +98,7 @@ def describe_problems(problems: Mapping[str, Sequence[Any]], expected_len: int |
         what = PROBLEMS[kind]
         if kind == "bad_keypoint_length" and expected_len is not None:
             what += f" (expected {expected_len} numbers)"
-        kind_of = "image" if kind in ("missing_image_file", "bad_image_record") else "annotation"
+        kind_of = "image" if kind in IMAGE_PROBLEMS else "annotation"
         shown = ", ".join(str(i) for i in ids[:SHOW_IDS])
         more = f" and {len(ids) - SHOW_IDS} more" if len(ids) > SHOW_IDS else ""
         parts.append(f"{len(ids)} {what}: {kind_of} ids {shown}{more}")
@@ -194,7 +198,7 @@ def load_keypoint_file(
     path = Path(path)
     if data is None:
         data = read_json(path)
-    cats = select_categories(data, category, path)
+    cats = [_whole_id(c, path) for c in select_categories(data, category, path)]
     merged = _merged_category(cats, path)
     if len(cats) > 1:
         log.info(
@@ -206,8 +210,7 @@ def load_keypoint_file(
         )
     problems: dict[str, list[Any]] = defaultdict(list)
     images = _valid_images(data["images"], problems)
-    ids = {c["id"] for c in cats}
-    anns = [a for a in data["annotations"] if isinstance(a, dict) and a.get("category_id") in ids]
+    anns = _category_annotations(data, {c["id"] for c in cats}, problems)
     anns = _valid_annotations(anns, len(merged["keypoints"]), images, problems)
     for a in anns:
         a["category_id"] = merged["id"]
@@ -219,6 +222,35 @@ def load_keypoint_file(
     out = {k: v for k, v in data.items() if k not in ("images", "annotations", "categories")}
     out.update(images=list(images.values()), annotations=anns, categories=[merged])
     return KeypointFile(path, out, cats, problems)
+
+
+def _whole_id(cat: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The keypoint category with its id as an int (7.0 is 7); any other id is an error: the
+    annotations name their category by this id, and COCO's evaluation compares it as a number."""
+    cid = as_whole(cat.get("id"))
+    if cid is None:
+        raise AnnotationError(
+            f"{path}: keypoint category {cat.get('name')!r} has id {cat.get('id')!r}: give it an "
+            "integer id (and the same number as its annotations' category_id)"
+        )
+    return {**cat, "id": cid}
+
+
+def _category_annotations(
+    data: Mapping[str, Any], ids: set[int], problems: dict[str, list[Any]]
+) -> list[dict[str, Any]]:
+    """The annotations of the categories ``ids`` (category_id 7.0 read as 7); those of a
+    category_id that no category of the file has are problems (another category's, as in a file
+    that also holds boxes of other objects, are left out silently)."""
+    known = {as_whole(c.get("id")) for c in data["categories"] if isinstance(c, dict)} - {None}
+    out = []
+    for a in data["annotations"]:
+        cid = as_whole(a.get("category_id")) if isinstance(a, dict) else None
+        if isinstance(a, dict) and cid not in known:
+            problems["unknown_category_id"].append(a.get("id"))
+        elif cid in ids:
+            out.append({**a, "category_id": cid})
+    return out
 
 
 def _merged_category(cats: list[dict[str, Any]], path: Path) -> dict[str, Any]:
@@ -244,21 +276,21 @@ def _is_int(x: Any) -> bool:
 
 
 def _valid_images(records: list[Any], problems: dict[str, list[Any]]) -> dict[int, dict]:
-    """Image records by id; bad ones (no integer id, no positive height/width) are problems."""
+    """Image records by id, with whole-number id/height/width as ints; bad ones (no whole id,
+    no positive height/width, no file_name) and repeated ids are problems."""
     images: dict[int, dict] = {}
     for i, img in enumerate(records):
-        ok = (
-            isinstance(img, dict)
-            and _is_int(img.get("id"))
-            and img["id"] not in images
-            and all(_is_int(img.get(k)) and img[k] > 0 for k in ("height", "width"))
-            and isinstance(img.get("file_name"), str)
-        )
-        if ok:
-            images[img["id"]] = img
+        if not isinstance(img, dict):
+            problems["bad_image_record"].append(f"#{i}")
+            continue
+        whole = {k: as_whole(img.get(k)) for k in ("id", "height", "width")}
+        sized = all((whole[k] or 0) > 0 for k in ("height", "width"))
+        if whole["id"] is None or not sized or not isinstance(img.get("file_name"), str):
+            problems["bad_image_record"].append(img.get("id", f"#{i}"))
+        elif whole["id"] in images:
+            problems["duplicate_image_id"].append(whole["id"])
         else:
-            ident = img.get("id") if isinstance(img, dict) and "id" in img else f"#{i}"
-            problems["bad_image_record"].append(ident)
+            images[whole["id"]] = {**img, **whole}
     return images
 
 
@@ -270,6 +302,8 @@ def _valid_annotations(
     next_id = 1 + max((a["id"] for a in anns if _is_int(a.get("id"))), default=0)
     for ann in anns:
         ann = dict(ann)
+        if as_whole(ann.get("image_id")) is not None:  # (an image id of 7.0 is image 7)
+            ann["image_id"] = as_whole(ann["image_id"])
         if not _is_int(ann.get("id")):
             ann["id"], next_id = next_id, next_id + 1
         problem = annotation_problem(ann, k, images)

@@ -14,6 +14,7 @@ metadata -> decoder config. Every stage rebuilds it with ``Topology.from_dict``.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+log = logging.getLogger(__name__)
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf" / "topology"
 
@@ -111,7 +114,10 @@ class Topology:
         if k == 0:
             raise ValueError(f"topology {self.name!r}: no labels")
         if len(set(self.labels)) != k:
-            raise ValueError(f"topology {self.name!r}: duplicate labels in {list(self.labels)}")
+            raise ValueError(
+                f"topology {self.name!r}: duplicate labels in {list(self.labels)}: give each "
+                "keypoint a name of its own"
+            )
         for i, (a, b) in enumerate(self.edges):
             if not (0 <= a < k and 0 <= b < k):
                 raise ValueError(
@@ -220,16 +226,9 @@ class Topology:
         if not names:
             raise ValueError(
                 f"COCO category id={category.get('id')} name={category.get('name')!r} "
-                "has no 'keypoints' list"
+                "has no 'keypoints' list: a keypoint category names its keypoints there"
             )
-        edges = []
-        for i, link in enumerate(skeleton):
-            if len(link) != 2 or not all(1 <= int(j) <= len(names) for j in link):
-                raise ValueError(
-                    f"COCO category {category.get('name')!r}: skeleton[{i}]={list(link)} is not a"
-                    f" pair of 1-based keypoint indices in 1..{len(names)}"
-                )
-            edges.append((int(link[0]) - 1, int(link[1]) - 1))
+        edges = coco_skeleton_edges(skeleton, len(names), repr(category.get("name")))
         pairs = [tuple(p) for p in flip_pairs] if flip_pairs is not None else pairs_by_name(names)
         topo = cls(
             labels=tuple(names),
@@ -276,6 +275,56 @@ def default_sigmas(labels: Sequence[str], default: float = DEFAULT_SIGMA) -> tup
 
 
 # words of a name: "forelegL1" -> foreleg, L, 1; "L_Eye" -> L, Eye; "LeftEye" -> Left, Eye
+def as_whole(x: Any) -> int | None:
+    """``x`` as an int when it is a whole number (7, or 7.0 as JSON converters often write it);
+    None for anything else (strings, booleans, 7.5, NaN)."""
+    if isinstance(x, bool):
+        return None
+    if isinstance(x, int):
+        return x
+    return int(x) if isinstance(x, float) and x.is_integer() else None
+
+
+def coco_skeleton_edges(skeleton: Any, k: int, name: str) -> list[tuple[int, int]]:
+    """The 0-based directed edges of a COCO ``skeleton`` (1-based ``[a, b]`` links between
+    ``k`` keypoints of category ``name``). ValueError naming the first bad link and the fix (a
+    skeleton that uses index 0 is 0-based: add 1 to every index); a link given again, either
+    way round, is dropped with a warning (one limb, one PAF)."""
+    if not isinstance(skeleton, list):
+        raise ValueError(f"COCO category {name}: 'skeleton' must be a list of [a, b] pairs")
+    pairs = [
+        [as_whole(j) for j in link] if isinstance(link, list | tuple) and len(link) == 2 else None
+        for link in skeleton
+    ]
+    used = [j for pair in pairs if pair for j in pair if j is not None]
+    zero_based = 0 in used and max(used) < k
+    edges, first = [], {}
+    for i, (link, pair) in enumerate(zip(skeleton, pairs, strict=True)):
+        if pair is None or not all(j is not None and 1 <= j <= k for j in pair):
+            fix = "it uses index 0, so it counts from 0: add 1 to every index" if zero_based else (
+                f"give pairs of keypoint numbers 1..{k}"
+            )  # fmt: skip
+            raise ValueError(
+                f"COCO category {name}: skeleton[{i}]={link!r} is not a pair of 1-based keypoint "
+                f"indices in 1..{k}; {fix}"
+            )
+        a, b = pair[0] - 1, pair[1] - 1
+        if a == b:
+            raise ValueError(
+                f"COCO category {name}: skeleton[{i}]={link!r} joins keypoint {a + 1} to itself: "
+                "remove it"
+            )
+        if (min(a, b), max(a, b)) in first:
+            log.warning(
+                "COCO category %s: skeleton[%d]=%s repeats skeleton[%d]: dropped (one PAF per limb)",
+                name, i, link, first[min(a, b), max(a, b)],
+            )  # fmt: skip
+            continue
+        first[min(a, b), max(a, b)] = i
+        edges.append((a, b))
+    return edges
+
+
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 _OTHER_SIDE = {"left": "right", "right": "left", "l": "r", "r": "l"}
 

@@ -63,7 +63,55 @@ BAD_FILES = {
         coco_file(images=[{"id": 1, "file_name": "a.jpg", "width": 80}]),
         "image records without an integer id, positive height/width or file_name: image ids 1",
     ),
+    "annotation of no category": (
+        coco_file([person(id=41, category_id=5)]),
+        "1 annotations of a category_id that no category has: annotation ids 41",
+    ),
+    "image of a fractional width": (
+        coco_file(images=[{"id": 1, "file_name": "a.jpg", "height": 60, "width": 80.5}]),
+        "positive height/width or file_name: image ids 1",
+    ),
 }  # fmt: skip
+
+
+def test_category_ids_are_whole_numbers(tmp_path):
+    """A string id would silently score AP 0 (COCO's evaluation compares ids as numbers); other
+    categories' annotations (boxes of cars beside the people) are left out without a word."""
+    data = coco_file([person(category_id="1")])
+    data["categories"][0]["id"] = "1"
+    path = tmp_path / "ids.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(AnnotationError, match=r"keypoint category 'person' has id '1': give it an "
+                       "integer id"):  # fmt: skip
+        load_keypoint_file(path)
+    data = coco_file([person(category_id=1.0), {"id": 9, "image_id": 1, "category_id": 3}])
+    data["categories"] += [{"id": 3, "name": "car"}]
+    data["categories"][0]["id"] = 1.0
+    path.write_text(json.dumps(data))
+    kfile = load_keypoint_file(path)
+    assert [(a["id"], a["category_id"]) for a in kfile.data["annotations"]] == [(7, 1)]
+    assert kfile.data["categories"][0]["id"] == 1 and kfile.skipped() == 0
+
+
+def test_whole_numbers_written_as_floats_are_accepted(tmp_path):
+    """Converters often write ``"width": 640.0`` or ``"id": 7.0``: whole numbers, read as ints
+    (images and the annotations' image ids); an image id given twice is named as such."""
+    image = {"id": 1.0, "file_name": "a.jpg", "height": 60.0, "width": 80.0}
+    path = tmp_path / "floats.json"
+    path.write_text(json.dumps(coco_file([person(image_id=1.0)], images=[image])))
+    kfile = load_keypoint_file(path)
+    (img,) = kfile.data["images"]
+    assert img == {"id": 1, "file_name": "a.jpg", "height": 60, "width": 80}
+    assert all(type(img[k]) is int for k in ("id", "height", "width"))
+    (ann,) = kfile.data["annotations"]
+    assert type(ann["image_id"]) is int and ann["image_id"] == 1
+    assert load_coco(path).getAnnIds(imgIds=[1]) == [7]
+    twice = coco_file(images=[image, {**image, "file_name": "b.jpg"}])
+    path.write_text(json.dumps(twice))
+    with pytest.raises(AnnotationError, match="image records whose id an earlier record has: "
+                       "image ids 1 "):  # fmt: skip
+        load_keypoint_file(path)
+    assert load_keypoint_file(path, strict=False).problems["duplicate_image_id"] == [1]
 
 
 @pytest.mark.parametrize("case", sorted(BAD_FILES))

@@ -134,10 +134,48 @@ def test_bad_topologies_name_the_problem(kwargs, message):
         Topology.from_dict(kwargs)
 
 
-def test_bad_coco_category_names_the_link():
-    cat = {"id": 1, "name": "arm", "keypoints": ["Wrist", "Elbow"], "skeleton": [[0, 1]]}
-    with pytest.raises(ValueError, match=r"skeleton\[0\]"):
+@pytest.mark.parametrize(
+    ("skeleton", "message"),
+    [
+        (
+            [[0, 1], [1, 2]],
+            r"skeleton\[0\]=\[0, 1\] .* it uses index 0, so it counts from 0: add 1",
+        ),
+        ([[1, 2], [2, 4]], r"skeleton\[1\]=\[2, 4\] is not a pair .* in 1..3; give pairs"),
+        ([[1, 2], 3], r"skeleton\[1\]=3 is not a pair"),
+        ([[1, 2.5]], r"skeleton\[0\]=\[1, 2.5\] is not a pair"),
+        ([["1", "2"]], r"skeleton\[0\]=\['1', '2'\] is not a pair"),
+        ([[1, 2, 3]], r"skeleton\[0\]=\[1, 2, 3\] is not a pair"),
+        ([[1, 2], [3, 3]], r"skeleton\[1\]=\[3, 3\] joins keypoint 3 to itself: remove it"),
+        ({"1": 2}, r"'skeleton' must be a list of \[a, b\] pairs"),
+    ],
+)
+def test_bad_coco_skeleton_names_the_link_and_the_fix(skeleton, message):
+    cat = {
+        "id": 1,
+        "name": "arm",
+        "keypoints": ["Wrist", "Elbow", "Shoulder"],
+        "skeleton": skeleton,
+    }
+    with pytest.raises(ValueError, match=message):
         Topology.from_coco_category(cat)
+
+
+def test_coco_skeleton_repeated_links_are_dropped_and_whole_floats_read(caplog):
+    """A link given twice, either way round, would give one limb two PAFs: the first stays."""
+    skeleton = [[1, 2], [2.0, 3.0], [2, 1], [1, 2]]
+    cat = {
+        "id": 1,
+        "name": "arm",
+        "keypoints": ["Wrist", "Elbow", "Shoulder"],
+        "skeleton": skeleton,
+    }
+    assert Topology.from_coco_category(cat).edges == ((0, 1), (1, 2))
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warned == [
+        "COCO category 'arm': skeleton[2]=[2, 1] repeats skeleton[0]: dropped (one PAF per limb)",
+        "COCO category 'arm': skeleton[3]=[1, 2] repeats skeleton[0]: dropped (one PAF per limb)",
+    ]
 
 
 def test_unknown_named_topology_lists_available():
