@@ -306,6 +306,8 @@ def _valid_annotations(
             ann["image_id"] = as_whole(ann["image_id"])
         if not _is_int(ann.get("id")):
             ann["id"], next_id = next_id, next_id + 1
+        if ann.get("keypoints") in (None, []):  # none labelled: COCO writes 3K zeros for that
+            ann["keypoints"] = [0] * (3 * k)
         problem = annotation_problem(ann, k, images)
         if problem:
             problems[problem].append(ann["id"])

@@ -74,6 +74,23 @@ BAD_FILES = {
 }  # fmt: skip
 
 
+@pytest.mark.parametrize("keypoints", [None, [], "absent"])
+def test_annotation_without_keypoints_has_none_labelled(keypoints, tmp_path):
+    """Files that only box some objects (OCHuman-style) write no keypoints, null or []: as
+    COCO's 3K zeros, nothing labelled (evaluation ignores the object; training leaves its region
+    out of the loss, as for COCO's people without keypoints)."""
+    ann = person(id=41)
+    if keypoints == "absent":
+        del ann["keypoints"]
+    else:
+        ann["keypoints"] = keypoints
+    path = tmp_path / "boxes.json"
+    path.write_text(json.dumps(coco_file([person(), ann])))
+    kfile = load_keypoint_file(path)
+    got = {a["id"]: (a["num_keypoints"], a["keypoints"]) for a in kfile.data["annotations"]}
+    assert got[41] == (0, [0] * 51) and got[7][0] == 2 and kfile.skipped() == 0
+
+
 def test_category_ids_are_whole_numbers(tmp_path):
     """A string id would silently score AP 0 (COCO's evaluation compares ids as numbers); other
     categories' annotations (boxes of cars beside the people) are left out without a word."""
