@@ -214,6 +214,7 @@ def load_keypoint_file(
     anns = _valid_annotations(anns, len(merged["keypoints"]), images, problems)
     for a in anns:
         a["category_id"] = merged["id"]
+    _refuse_normalised(anns, images, path)
     if problems and strict:
         raise AnnotationError(
             f"{path}: invalid input: {describe_problems(problems, 3 * len(merged['keypoints']))}"
@@ -222,6 +223,26 @@ def load_keypoint_file(
     out = {k: v for k, v in data.items() if k not in ("images", "annotations", "categories")}
     out.update(images=list(images.values()), annotations=anns, categories=[merged])
     return KeypointFile(path, out, cats, problems)
+
+
+def _refuse_normalised(anns: list[dict], images: Mapping[int, dict], path: Path) -> None:
+    """Labelled keypoints that all lie in [0, 1] are normalised coordinates (a YOLO-style
+    converter's), not COCO's pixels: training and scoring would use a speck in each image's
+    corner. (The first keypoint beyond 1 ends the check.)"""
+    n = 0
+    for a in anns:
+        kp = np.asarray(a["keypoints"], np.float64).reshape(-1, 3)
+        xy = kp[kp[:, 2] > 0, :2]
+        if (xy > 1.0).any():
+            return
+        n += len(xy)
+    side = min((min(im["width"], im["height"]) for im in images.values()), default=0)
+    if n >= 3 and side > 4:
+        raise AnnotationError(
+            f"{path}: all {n} labelled keypoints lie in [0, 1] x [0, 1] in images of "
+            f"{side} px and more: the coordinates look normalised, and COCO keypoints are "
+            "pixels: multiply each x by its image's width and each y by its height"
+        )
 
 
 def _whole_id(cat: dict[str, Any], path: Path) -> dict[str, Any]:

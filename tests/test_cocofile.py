@@ -91,6 +91,22 @@ def test_annotation_without_keypoints_has_none_labelled(keypoints, tmp_path):
     assert got[41] == (0, [0] * 51) and got[7][0] == 2 and kfile.skipped() == 0
 
 
+def test_normalised_keypoints_are_refused(tmp_path):
+    """x, y in [0, 1] (a YOLO-style converter) would train on a speck in each image's corner."""
+    ann = person()
+    ann["keypoints"][15:21] = [0.25, 0.17, 2, 0.5, 0.2, 2]
+    ann["keypoints"][0:3] = [0.4, 0.1, 1]
+    path = tmp_path / "normalised.json"
+    path.write_text(json.dumps(coco_file([ann])))
+    with pytest.raises(AnnotationError, match=r"all 3 labelled keypoints lie in \[0, 1\] x "
+                       r"\[0, 1\] in images of 60 px and more: .* multiply each x by its image's "
+                       "width"):  # fmt: skip
+        load_keypoint_file(path)
+    ann["keypoints"][15] = 20.0  # one keypoint in pixels: the file is in pixels
+    path.write_text(json.dumps(coco_file([ann])))
+    assert len(load_keypoint_file(path).data["annotations"]) == 1
+
+
 def test_category_ids_are_whole_numbers(tmp_path):
     """A string id would silently score AP 0 (COCO's evaluation compares ids as numbers); other
     categories' annotations (boxes of cars beside the people) are left out without a word."""
