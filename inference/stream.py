@@ -174,13 +174,52 @@ def _bounded(source: Source, loop: bool, max_frames: int | None) -> Source:
     return source
 
 
+def _image_ids(files: list[Path]) -> list[int]:
+    """Image ids: a COCO-style numeric name keeps its number (000000000785.jpg: 785); other
+    names, and a number already taken (1.jpg beside 001.png), take their position (1-based) or,
+    where that is taken, the next free id: no two images share one."""
+    ids: list[int | None] = [None] * len(files)
+    for i, f in enumerate(files):
+        n = int(f.stem) if f.stem.isascii() and f.stem.isdecimal() else None
+        if n is not None and n not in ids:
+            ids[i] = n
+    taken = set(ids)
+    for i, n in enumerate(ids):
+        if n is None:
+            ids[i] = i + 1
+            while ids[i] in taken:
+                ids[i] += 1
+            taken.add(ids[i])
+    return ids
+
+
+def _images_in(folder: Path) -> list[Path]:
+    try:
+        return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    except OSError:  # an unreadable sub-folder holds nothing we can read
+        return []
+
+
+def _folder_images(path: Path) -> list[Path]:
+    """The folder's images; not its sub-folders', which a warning (or the error, when the
+    folder itself holds none) names."""
+    files = _images_in(path)
+    subs = [d for d in sorted(path.iterdir()) if d.is_dir() and _images_in(d)]
+    where = ""
+    if subs:
+        names = ", ".join(d.name for d in subs[:5]) + (", ..." if len(subs) > 5 else "")
+        where = f"{len(subs)} sub-folders hold images ({names}): give input={subs[0]} for those"
+    if not files:
+        hint = f"; {where}" if where else ""
+        raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {path}{hint}")
+    if where:
+        log.warning("%s: not reading sub-folders; %s", path, where)
+    return files
+
+
 def _image_source(path: Path, max_pixels: int | None) -> Source:
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
-    else:
-        files = [path]
+    files = _folder_images(path) if path.is_dir() else [path]
+    ids = _image_ids(files)
     source = Source("images", path.name, lambda: iter(()), count=len(files))
 
     def frames() -> Iterator[Frame]:
@@ -193,8 +232,7 @@ def _image_source(path: Path, max_pixels: int | None) -> Source:
                 log.warning("skipping %s", e)  # the other images are still predicted
                 source.skipped.append(str(file))
                 continue
-            image_id = int(file.stem) if file.stem.isdigit() else n + 1  # COCO names keep ids
-            yield Frame(rgb, n, image_id, file.stem, time.perf_counter())
+            yield Frame(rgb, n, ids[n], file.stem, time.perf_counter())
 
     source.frames = frames
     return source

@@ -256,3 +256,23 @@ def test_stop_event_ends_the_loop(tmp_path):
     pipeline = Pipeline(WalksRuntime(info, walks.keypoints))
     stats = run_stream(_frames_source(500), pipeline, [sink], stop=stop)
     assert stats["frames"] == 5 and sink.closed
+
+
+def test_folder_image_ids_never_collide_and_sub_folders_are_named(tmp_path, caplog):
+    """COCO-style numeric names keep their number; other names take their position or the next
+    free id (before, d.jpg took id 5 beside 5.jpg: two images of one id in predictions.json).
+    Images in sub-folders are not read, and the warning (or error) says where they are."""
+    for name in ("5.jpg", "005.png", "a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"):
+        cv2.imwrite(str(tmp_path / name), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "sub").mkdir()
+    cv2.imwrite(str(tmp_path / "sub" / "x.jpg"), np.zeros((8, 8, 3), np.uint8))
+    frames = list(open_source(str(tmp_path)).frames())
+    ids = {f.name: f.image_id for f in frames}
+    assert ids == {"005": 5, "5": 2, "a": 3, "b": 4, "c": 6, "d": 7, "e": 8}
+    assert "not reading sub-folders; 1 sub-folders hold images (sub): give input=" in caplog.text
+    only_sub = tmp_path / "only"
+    (only_sub / "inner").mkdir(parents=True)
+    cv2.imwrite(str(only_sub / "inner" / "y.png"), np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(UserError, match=r"no images .* in folder .*only; 1 sub-folders hold images "
+                       r"\(inner\): give input=.*inner for those"):  # fmt: skip
+        open_source(str(only_sub))
