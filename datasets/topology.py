@@ -274,7 +274,6 @@ def default_sigmas(labels: Sequence[str], default: float = DEFAULT_SIGMA) -> tup
     return tuple(COCO_SIGMAS.get(canonical_name(n), default) for n in labels)
 
 
-# words of a name: "forelegL1" -> foreleg, L, 1; "L_Eye" -> L, Eye; "LeftEye" -> Left, Eye
 def as_whole(x: Any) -> int | None:
     """``x`` as an int when it is a whole number (7, or 7.0 as JSON converters often write it);
     None for anything else (strings, booleans, 7.5, NaN)."""
@@ -300,31 +299,37 @@ def coco_skeleton_edges(skeleton: Any, k: int, name: str) -> list[tuple[int, int
     zero_based = 0 in used and max(used) < k
     edges, first = [], {}
     for i, (link, pair) in enumerate(zip(skeleton, pairs, strict=True)):
-        if pair is None or not all(j is not None and 1 <= j <= k for j in pair):
-            fix = "it uses index 0, so it counts from 0: add 1 to every index" if zero_based else (
-                f"give pairs of keypoint numbers 1..{k}"
-            )  # fmt: skip
-            raise ValueError(
-                f"COCO category {name}: skeleton[{i}]={link!r} is not a pair of 1-based keypoint "
-                f"indices in 1..{k}; {fix}"
-            )
-        a, b = pair[0] - 1, pair[1] - 1
-        if a == b:
-            raise ValueError(
-                f"COCO category {name}: skeleton[{i}]={link!r} joins keypoint {a + 1} to itself: "
-                "remove it"
-            )
-        if (min(a, b), max(a, b)) in first:
+        _check_link(name, i, link, pair, k, zero_based)
+        limb = (min(pair), max(pair))
+        if limb in first:
             log.warning(
                 "COCO category %s: skeleton[%d]=%s repeats skeleton[%d]: dropped (one PAF per limb)",
-                name, i, link, first[min(a, b), max(a, b)],
+                name, i, link, first[limb],
             )  # fmt: skip
             continue
-        first[min(a, b), max(a, b)] = i
-        edges.append((a, b))
+        first[limb] = i
+        edges.append((pair[0] - 1, pair[1] - 1))
     return edges
 
 
+def _check_link(name: str, i: int, link: Any, pair: list | None, k: int, zero_based: bool) -> None:
+    """ValueError unless skeleton[i] (``link``, read as ``pair``) joins two keypoints 1..k."""
+    if pair is None or not all(j is not None and 1 <= j <= k for j in pair):
+        fix = "it uses index 0, so it counts from 0: add 1 to every index" if zero_based else (
+            f"give pairs of keypoint numbers 1..{k}"
+        )  # fmt: skip
+        raise ValueError(
+            f"COCO category {name}: skeleton[{i}]={link!r} is not a pair of 1-based keypoint "
+            f"indices in 1..{k}; {fix}"
+        )
+    if pair[0] == pair[1]:
+        raise ValueError(
+            f"COCO category {name}: skeleton[{i}]={link!r} joins keypoint {pair[0]} to itself: "
+            "remove it"
+        )
+
+
+# words of a name: "forelegL1" -> foreleg, L, 1; "L_Eye" -> L, Eye; "LeftEye" -> Left, Eye
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 _OTHER_SIDE = {"left": "right", "right": "left", "l": "r", "r": "l"}
 
