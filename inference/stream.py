@@ -179,11 +179,12 @@ def _image_ids(files: list[Path]) -> list[int]:
     names, and a number already taken (1.jpg beside 001.png), take their position (1-based) or,
     where that is taken, the next free id: no two images share one."""
     ids: list[int | None] = [None] * len(files)
+    taken: set[int | None] = set()
     for i, f in enumerate(files):
         n = int(f.stem) if f.stem.isascii() and f.stem.isdecimal() else None
-        if n is not None and n not in ids:
+        if n is not None and n not in taken:
             ids[i] = n
-    taken = set(ids)
+            taken.add(n)
     for i, n in enumerate(ids):
         if n is None:
             ids[i] = i + 1
