@@ -260,9 +260,10 @@ def _whole_id(cat: dict[str, Any], path: Path) -> dict[str, Any]:
 def _category_annotations(
     data: Mapping[str, Any], ids: set[int], problems: dict[str, list[Any]]
 ) -> list[dict[str, Any]]:
-    """The annotations of the categories ``ids`` (category_id 7.0 read as 7); those of a
-    category_id that no category of the file has are problems (another category's, as in a file
-    that also holds boxes of other objects, are left out silently)."""
+    """The annotations of the categories ``ids`` (a category_id of 7.0 matches 7; the caller
+    copies them and sets the merged category's id); those of a category_id that no category of
+    the file has are problems (another category's, as in a file that also holds boxes of other
+    objects, are left out silently)."""
     known = {as_whole(c.get("id")) for c in data["categories"] if isinstance(c, dict)} - {None}
     out = []
     for a in data["annotations"]:
@@ -270,7 +271,7 @@ def _category_annotations(
         if isinstance(a, dict) and cid not in known:
             problems["unknown_category_id"].append(a.get("id"))
         elif cid in ids:
-            out.append({**a, "category_id": cid})
+            out.append(a)
     return out
 
 
@@ -323,8 +324,9 @@ def _valid_annotations(
     next_id = 1 + max((a["id"] for a in anns if _is_int(a.get("id"))), default=0)
     for ann in anns:
         ann = dict(ann)
-        if as_whole(ann.get("image_id")) is not None:  # (an image id of 7.0 is image 7)
-            ann["image_id"] = as_whole(ann["image_id"])
+        image_id = as_whole(ann.get("image_id"))
+        if image_id is not None:  # (an image id of 7.0 is image 7)
+            ann["image_id"] = image_id
         if not _is_int(ann.get("id")):
             ann["id"], next_id = next_id, next_id + 1
         if ann.get("keypoints") in (None, []):  # none labelled: COCO writes 3K zeros for that
