@@ -59,6 +59,7 @@ from datasets.errors import UsageError, UserError
 from datasets.files import resolve_path
 from datasets.geometry import (
     ASPECT_POLICIES,
+    aspect_option,
     compose,
     cv2_matrix,
     decode_reduction,
@@ -390,9 +391,7 @@ def _data_options(data: Mapping[str, Any], train: bool) -> tuple[Any, str, float
         augment = AugmentConfig.from_config(data.get("augment")) if train else None
     except ValueError as e:
         raise UsageError(f"data.{e}") from None
-    aspect = str(data.get("aspect", "squash"))
-    if aspect not in ASPECT_POLICIES:
-        raise UsageError(f"data.aspect must be one of {list(ASPECT_POLICIES)}, got {aspect!r}")
+    aspect = aspect_option(data.get("aspect", "squash"), "data.aspect")
     max_upsample = real_number(data.get("max_upsample", 1.0), "data.max_upsample", strict=True)
     return augment, aspect, max_upsample
 

@@ -13,10 +13,23 @@ Aspect policies for fitting an image of size (h, w) into the network input (H, W
 
 from __future__ import annotations
 
+from typing import Any
+
 import cv2
 import numpy as np
 
+from datasets.errors import UsageError
+
 ASPECT_POLICIES = ("squash", "letterbox")
+
+
+def aspect_option(value: Any, name: str = "aspect") -> str:
+    """A command's aspect override: one of ``ASPECT_POLICIES``, else a UsageError naming
+    ``name`` (e.g. ``data.aspect``)."""
+    aspect = str(value)
+    if aspect not in ASPECT_POLICIES:
+        raise UsageError(f"{name} must be one of {list(ASPECT_POLICIES)}, got {aspect!r}")
+    return aspect
 
 
 def fit_matrix(

@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from datasets.errors import UsageError
-from datasets.geometry import ASPECT_POLICIES, apply, fit_matrix, invert
+from datasets.geometry import apply, aspect_option, fit_matrix, invert
 from datasets.targets import TargetConfig, render_targets
 from datasets.topology import Topology
 from inference.cocoeval import gt_keypoints, skeletons_to_coco
@@ -171,16 +171,14 @@ def oracle_results(
 def oracle_settings(cfg: Mapping[str, Any]) -> tuple[tuple[int, int], str, TargetConfig]:
     """(input [H, W], aspect, targets) of oracle mode (eval, visualize) from a command's config,
     checked: one-line usage errors naming the override."""
-    input_hw, aspect = input_size(cfg.get("input_size")), str(cfg.get("aspect") or "squash")
+    input_hw, aspect = input_size(cfg.get("input_size")), cfg.get("aspect") or "squash"
     targets = TargetConfig.from_config(cfg.get("targets"))
     if input_hw[0] % targets.stride or input_hw[1] % targets.stride:
         raise UsageError(
             f"input_size {list(input_hw)} must be a multiple of the maps' stride "
             f"{targets.stride} (e.g. 224 or [480,640])"
         )
-    if aspect not in ASPECT_POLICIES:
-        raise UsageError(f"aspect must be one of {list(ASPECT_POLICIES)}, got {aspect!r}")
-    return input_hw, aspect, targets
+    return input_hw, aspect_option(aspect), targets
 
 
 def input_size(value: Any) -> tuple[int, int]:
